@@ -1,0 +1,3 @@
+from irscreen.cli import main
+
+main()

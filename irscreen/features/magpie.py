@@ -1,0 +1,365 @@
+"""Vectorized Magpie features: the 145 columns of matminer's
+
+    MultipleFeaturizer([Stoichiometry(), ElementProperty.from_preset("magpie"),
+                        ValenceOrbital(props=["frac"]), IonProperty(fast=True)])
+
+computed on the padded arrays of a :class:`~irscreen.composition.ParsedBatch` with
+whole-array numpy operations (no Python loop over formulas).  Values agree with
+matminer 0.10 to floating-point rounding, NaN positions included.
+
+What matminer does, and how it is matched here:
+
+* Weights are the amounts as written, not fractions: ``PropertyStats.mean`` is
+  ``np.average(values, weights=amounts)`` = sum(w*x) / sum(w), computed in that order
+  (so overflow with absurd amounts gives the same inf/NaN).
+* ``mode`` takes every element whose amount ``np.isclose`` (rtol 1e-5, atol 1e-8) the
+  largest amount and returns the smallest property value among them.
+* ``avg_dev`` is the weighted mean of ``|x - weighted mean|``.
+* Stoichiometry: the 0-norm counts elements, the p-norms use x_i = amount/total.
+* ValenceOrbital ``frac``: weighted mean of N{s,p,d,f}Valence over the weighted mean of
+  NValence (a ratio of means, not a mean of ratios).
+* IonProperty(fast=True): one element -> (True, 0, 0).  Otherwise "compound possible"
+  is true when some choice of one pymatgen common oxidation state per element makes
+  ``np.isclose(dot(states, amounts), 0)``, i.e. |sum| <= 1e-8 on the *unnormalized*
+  amounts; an element without common states (He, Ne, Ar, Rn, Z >= 105) makes it false.
+  "max ionic char" is the largest 1 - exp(-(X_a - X_b)^2 / 4) over element pairs,
+  "avg ionic char" the sum over pairs of x_a x_b (1 - exp(...)).
+* Missing element data is imputed the way matminer does (see elemdata).
+* Sums are taken in matminer's order: numpy's pairwise summation inside np.average
+  (it differs from left-to-right from 8 elements on), Python's sum() for the total
+  amount (compensated from Python 3.12 on), left to right for the p-norms and the
+  average ionic character.  Rows are grouped by their number of elements, so no block
+  carries padding.
+
+Rows that failed to parse come back all NaN.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from irscreen.features import elemdata
+
+__all__ = ["LABELS", "N_FEATURES", "featurize_batch"]
+
+_P_LIST = (0, 2, 3, 5, 7, 10)
+_STATS = ("minimum", "maximum", "range", "mean", "avg_dev", "mode")
+_ORBITALS = ("s", "p", "d", "f")
+
+LABELS: list[str] = (
+    [f"{p}-norm" for p in _P_LIST]
+    + [f"MagpieData {s} {p}" for p in elemdata.MAGPIE_PROPERTIES for s in _STATS]
+    + [f"frac {o} valence electrons" for o in _ORBITALS]
+    + ["compound possible", "max ionic char", "avg ionic char"]
+)
+N_FEATURES = len(LABELS)  # 145
+
+_N_PROPS = len(elemdata.MAGPIE_PROPERTIES)
+_EP0 = len(_P_LIST)  # first ElementProperty column
+_VO0 = _EP0 + _N_PROPS * len(_STATS)  # first ValenceOrbital column
+_ION0 = _VO0 + len(_ORBITALS)  # first IonProperty column
+_VALENCE_COLS = [elemdata.MAGPIE_PROPERTIES.index(f"N{o}Valence") for o in _ORBITALS]
+_NVALENCE_COL = elemdata.MAGPIE_PROPERTIES.index("NValence")
+
+# np.isclose(x, 0) and np.isclose(w, wmax) defaults
+_ATOL = 1e-8
+_RTOL = 1e-5
+
+# Rows per block: keeps a block's gathered (22, k, rows) values inside the CPU caches.
+_CHUNK = 2048
+
+
+def featurize_batch(batch, out: np.ndarray | None = None) -> np.ndarray:
+    """All 145 Magpie features of a ParsedBatch: (n, 145) float64, NaN rows for errors.
+
+    ``out``, if given, is a C-contiguous (n, 145) float64 array to fill (saves the page
+    faults of a fresh allocation when featurizing many batches).
+    """
+    elements = np.asarray(batch.elements)
+    amounts = np.asarray(batch.amounts, dtype=np.float64)
+    n = elements.shape[0]
+    if out is None:
+        out = np.empty((n, N_FEATURES), dtype=np.float64)
+    elif out.shape != (n, N_FEATURES) or out.dtype != np.float64:
+        raise ValueError(f"out must be a float64 array of shape {(n, N_FEATURES)}")
+    if n == 0:
+        return out
+    if elements.ndim != 2 or elements.shape[1] == 0:
+        out[:] = np.nan
+        return out
+    real = elements != 0
+    if (real[:, 1:] & ~real[:, :-1]).any():  # not left-packed: move elements left
+        order = np.argsort(~real, axis=1, kind="stable")
+        elements = np.take_along_axis(elements, order, axis=1)
+        amounts = np.take_along_axis(amounts, order, axis=1)
+        real = elements != 0
+    n_el = real.sum(axis=1)
+    bad = n_el == 0
+    errors = batch.errors
+    if errors is not None and list(errors).count(None) != n:
+        bad |= np.fromiter((e is not None for e in errors), dtype=bool, count=n)
+    tables = _Tables.get()
+    widths = np.bincount(n_el[~bad], minlength=1)
+    buf = np.empty((N_FEATURES, min(_CHUNK, n)))
+    rowbuf = np.empty((min(_CHUNK, n), N_FEATURES))
+    with np.errstate(all="ignore"):
+        if widths[1:].max(initial=0) == n:  # one width, no errors: contiguous blocks
+            k = int(np.flatnonzero(widths)[0])
+            for start in range(0, n, _CHUNK):
+                stop = min(start + _CHUNK, n)
+                res = buf[:, : stop - start]
+                _featurize_block(elements[start:stop, :k], amounts[start:stop, :k], res, tables)
+                _transpose_into(out[start:stop], res)
+        else:
+            # Rows grouped by their number of elements: no padding inside a block.
+            for k in np.flatnonzero(widths)[::-1]:
+                if k == 0:
+                    continue
+                rows = np.flatnonzero((n_el == k) & ~bad)
+                for start in range(0, len(rows), _CHUNK):
+                    idx = rows[start : start + _CHUNK]
+                    res = buf[:, : len(idx)]
+                    _featurize_block(elements[idx, :k], amounts[idx, :k], res, tables)
+                    rows_out = rowbuf[: len(idx)]
+                    _transpose_into(rows_out, res)
+                    out[idx] = rows_out
+    if bad.any():
+        out[bad] = np.nan
+    return out
+
+
+def _transpose_into(dst: np.ndarray, src: np.ndarray) -> None:
+    """dst[:] = src.T, a few features at a time (much faster than one strided copy)."""
+    for c in range(0, src.shape[0], 8):
+        np.copyto(dst[:, c : c + 8], src[c : c + 8].T)
+
+
+class _Tables:
+    _instance = None
+
+    def __init__(self) -> None:
+        # Property-major copy of the Magpie table, (22, 119): gathers give (22, k, m).
+        self.magpie_t = np.ascontiguousarray(elemdata.magpie_table().T)
+        self.x = elemdata.pymatgen_electronegativity()  # (119,)
+        states, counts = elemdata.common_oxidation_states()
+        self.ox_states = states
+        self.ox_counts = counts
+        # State bounds, for pruning; elements without states get NaN (never balance).
+        has = counts > 0
+        lo = np.where(has[:, None] & ~np.isnan(states), states, np.inf).min(axis=1)
+        hi = np.where(has[:, None] & ~np.isnan(states), states, -np.inf).max(axis=1)
+        self.ox_min = np.where(has, lo, np.nan)
+        self.ox_max = np.where(has, hi, np.nan)
+
+    @classmethod
+    def get(cls) -> "_Tables":
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+
+def _featurize_block(z: np.ndarray, a: np.ndarray, res: np.ndarray, t: _Tables) -> None:
+    """Features of m rows that all have exactly k elements (no padding).
+
+    z (m, k) atomic numbers, a (m, k) amounts; fills res (145, m), feature-major.
+    """
+    m, k = z.shape
+    # Element-major working copies (k, m): reductions over the elements of a formula
+    # become element-wise operations between contiguous rows.
+    zt = np.ascontiguousarray(z.T).astype(np.intp)
+    w = np.ascontiguousarray(a.T)
+
+    # matminer divides amounts by Python's sum() of them (Stoichiometry, IonProperty)
+    # and np.average divides by numpy's sum of the weights: same value unless k >= 8
+    # (numpy's pairwise summation) or Python >= 3.12 (compensated sum()).
+    total_py = _python_sum0(w)
+    total = _numpy_sum(w, 0) if (k >= 8 or _COMPENSATED_SUM) else total_py
+    frac = w / total_py  # (k, m), amount / total as matminer's Stoichiometry
+
+    # ---- Stoichiometry ----------------------------------------------------------
+    res[0] = k
+    f2 = frac * frac
+    f3 = f2 * frac
+    f5 = f3 * f2
+    f7 = f5 * f2
+    f10 = f5 * f5
+    # p_norm += x**p element by element, then ** (1/p)
+    np.sqrt(_sequential_sum0(f2), out=res[1])
+    np.power(_sequential_sum0(f3), 1.0 / 3, out=res[2])
+    np.power(_sequential_sum0(f5), 1.0 / 5, out=res[3])
+    np.power(_sequential_sum0(f7), 1.0 / 7, out=res[4])
+    np.power(_sequential_sum0(f10), 1.0 / 10, out=res[5])
+
+    # ---- ElementProperty (magpie) -----------------------------------------------
+    g = np.take(t.magpie_t, zt, axis=1)  # (22, k, m)
+    ep = res[_EP0:_VO0].reshape(_N_PROPS, len(_STATS), m)
+    mn = ep[:, 0]
+    mx = ep[:, 1]
+    np.minimum.reduce(g, axis=1, out=mn)
+    np.maximum.reduce(g, axis=1, out=mx)
+    np.subtract(mx, mn, out=ep[:, 2])
+    prod = g * w  # (22, k, m)
+    mean = ep[:, 3]
+    _numpy_sum(prod, 1, out=mean)
+    mean /= total
+    np.subtract(g, mean[:, None, :], out=prod)
+    np.abs(prod, out=prod)
+    prod *= w
+    dev = ep[:, 4]
+    _numpy_sum(prod, 1, out=dev)
+    dev /= total
+    # mode: smallest value among the elements whose amount is close to the largest.
+    wmax = w.max(axis=0)
+    tied = np.abs(w - wmax) <= _ATOL + _RTOL * np.abs(wmax)  # (k, m)
+    if k == 1 or not (tied.sum(axis=0) > 1).any():
+        first = np.argmax(tied, axis=0)
+        ep[:, 5] = np.take_along_axis(g, first[None, None, :], axis=1)[:, 0, :]
+    else:
+        penalty = np.where(tied, 0.0, np.inf)  # g + inf = inf, g + 0 = g
+        np.add(g, penalty, out=prod)
+        np.minimum.reduce(prod, axis=1, out=ep[:, 5])
+
+    # ---- ValenceOrbital(props=["frac"]) -------------------------------------------
+    np.divide(mean[_VALENCE_COLS], mean[_NVALENCE_COL], out=res[_VO0:_ION0])
+
+    # ---- IonProperty(fast=True) ---------------------------------------------------
+    x = t.x[zt]  # (k, m)
+    max_ic = res[_ION0 + 1]
+    avg_ic = res[_ION0 + 2]
+    max_ic[:] = 0.0
+    avg_ic[:] = 0.0
+    for i in range(k - 1):
+        for j in range(i + 1, k):
+            d = x[i] - x[j]
+            d *= d
+            d *= -0.25
+            ic = np.exp(d, out=d)
+            np.subtract(1.0, ic, out=ic)
+            np.maximum(max_ic, ic, out=max_ic)
+            ic *= frac[i] * frac[j]
+            avg_ic += ic
+    res[_ION0] = _compound_possible(zt, w, k, t)
+
+
+# ---- summation in the same order as matminer ------------------------------------
+
+# Python 3.12 made sum() of floats compensated (Neumaier); before, left to right.
+_COMPENSATED_SUM = sys.version_info >= (3, 12)
+
+
+def _sequential_sum0(x: np.ndarray) -> np.ndarray:
+    """Sum over axis 0, left to right (a Python ``s += v`` loop)."""
+    res = x[0].copy()
+    for i in range(1, x.shape[0]):
+        res += x[i]
+    return res
+
+
+def _python_sum0(x: np.ndarray) -> np.ndarray:
+    """``sum(column)`` with Python's builtin sum(), for every column of x (axis 0)."""
+    if not _COMPENSATED_SUM:
+        return _sequential_sum0(x)
+    s = x[0].copy()
+    c = np.zeros_like(s)
+    for i in range(1, x.shape[0]):
+        v = x[i]
+        t = s + v
+        big = np.abs(s) >= np.abs(v)
+        c += np.where(big, (s - t) + v, (v - t) + s)
+        s = t
+    fix = (c != 0) & np.isfinite(c)
+    s[fix] += c[fix]
+    return s
+
+
+def _numpy_sum(x: np.ndarray, axis: int, out: np.ndarray | None = None) -> np.ndarray:
+    """What ``np.sum`` of each 1-D slice along ``axis`` returns: numpy's pairwise
+    summation (8 accumulators from 8 terms on, halving above 128 terms)."""
+    xs = np.moveaxis(x, axis, 0)
+    if xs.shape[0] < 8:  # the common case: plain left-to-right sum, straight into out
+        if out is None:
+            out = xs[0].copy()
+        else:
+            np.copyto(out, xs[0])
+        for i in range(1, xs.shape[0]):
+            out += xs[i]
+        return out
+
+    def pairwise(lo: int, n: int) -> np.ndarray:
+        if n < 8:
+            res = xs[lo].copy()
+            for i in range(1, n):
+                res += xs[lo + i]
+            return res
+        if n <= 128:
+            r = [xs[lo + j].copy() for j in range(8)]
+            i = 8
+            while i < n - n % 8:
+                for j in range(8):
+                    r[j] += xs[lo + i + j]
+                i += 8
+            res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+            for i in range(i, n):
+                res += xs[lo + i]
+            return res
+        half = n // 2
+        half -= half % 8
+        return pairwise(lo, half) + pairwise(lo + half, n - half)
+
+    res = pairwise(0, xs.shape[0])
+    if out is None:
+        return res
+    out[...] = res
+    return out
+
+
+def _compound_possible(zt: np.ndarray, w: np.ndarray, k: int, t: _Tables) -> np.ndarray:
+    """matminer IonProperty(fast=True) "compound possible" for rows of k elements, as 1/0.
+
+    Searches the product of common oxidation states column by column on a ragged list
+    of partial sums, dropping partial sums that the remaining columns can no longer
+    bring back to zero.  The partial sums are accumulated left to right, like the dot
+    product matminer tests with np.isclose(., 0).
+    """
+    m = zt.shape[1]
+    if k == 1:
+        return np.ones(m)
+    result = np.zeros(m)
+    counts = t.ox_counts[zt]  # (k, m)
+    lo = t.ox_min[zt] * w  # NaN for elements without common states
+    hi = t.ox_max[zt] * w
+    # Suffix bounds: the least and most that columns j.. can still add.
+    rest_lo = np.zeros((k + 1, m))
+    rest_hi = np.zeros((k + 1, m))
+    rest_lo[:k] = np.cumsum(lo[::-1], axis=0)[::-1]
+    rest_hi[:k] = np.cumsum(hi[::-1], axis=0)[::-1]
+    # Pruning must never drop a combination the final test would accept: give it
+    # slack for the rounding of the bounds.
+    slack = 2 * _ATOL + 1e-12 * (np.abs(rest_lo[0]) + np.abs(rest_hi[0]))
+    cand = (rest_lo[0] <= slack) & (rest_hi[0] >= -slack)  # NaN bounds fail here
+    rows = np.flatnonzero(cand)
+    partial = np.zeros(len(rows))
+    states = t.ox_states
+    for j in range(k):
+        if len(rows) == 0:
+            return result
+        zj = zt[j, rows]
+        cj = counts[j, rows]
+        if (cj == 1).all():
+            partial = partial + states[zj, 0] * w[j, rows]
+        else:
+            owner = np.repeat(np.arange(len(rows)), cj)
+            start = np.cumsum(cj) - cj
+            idx = np.arange(len(owner)) - start[owner]
+            rows = rows[owner]
+            partial = partial[owner] + states[zj[owner], idx] * w[j, rows]
+        if j + 1 < k:
+            s = slack[rows]
+            keep = (partial + rest_lo[j + 1, rows] <= s) & (partial + rest_hi[j + 1, rows] >= -s)
+            if not keep.all():
+                rows = rows[keep]
+                partial = partial[keep]
+    hit = np.abs(partial) <= _ATOL
+    result[rows[hit]] = 1.0
+    return result

@@ -1,0 +1,123 @@
+"""A loaded model bundle: an ensemble of IRNet members ready for inference.
+
+    >>> import irscreen
+    >>> model = irscreen.load_model("formation-enthalpy")
+    >>> model.predict(["Li3FeO4", "Ba0.5Sr0.5TiO3"])   # DataFrame: prediction, uncertainty
+
+``prediction`` is the ensemble mean and ``uncertainty`` the ensemble standard
+deviation (population, ddof=0), both in the bundle's target units.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from irscreen.errors import IrscreenError
+from irscreen.models import bundle as _bundle
+from irscreen.models.irnet import FoldedEnsemble, Net, fold, parse_arch
+from irscreen.train import Scaler
+
+#: Rows per inference call: big enough for efficient GEMMs, small enough to stay in cache-friendly memory.
+INFER_BATCH = 4096
+
+
+class Model:
+    def __init__(self, path: Path, manifest: dict, nets: list[Net]):
+        self.path = Path(path)
+        self.manifest = manifest
+        self.nets = nets
+        self.scaler = Scaler.from_json(manifest["scaler"])
+        self.preset = manifest["features"]["preset"]
+        self._folded = [fold(n) for n in nets]
+        self._engines: dict = {}
+
+    # -- description ---------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.manifest.get("name", self.path.name)
+
+    @property
+    def target(self) -> str:
+        return self.manifest.get("target", "target")
+
+    @property
+    def units(self) -> str:
+        return self.manifest.get("units", "")
+
+    @property
+    def n_members(self) -> int:
+        return len(self.nets)
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, target={self.target!r}, members={self.n_members}, arch={self.manifest['architecture']!r})"
+
+    # -- inference -------------------------------------------------------------------
+    def engine(self, precision: str = "fp32", device: str = "cpu") -> FoldedEnsemble:
+        key = (precision, device)
+        if key not in self._engines:
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+            self._engines[key] = FoldedEnsemble(self._folded, dtype=dtype, device=device)
+        return self._engines[key]
+
+    def predict_members(self, X: np.ndarray, precision: str = "fp32", device: str = "cpu",
+                        batch: int = INFER_BATCH) -> np.ndarray:
+        """Raw features (n, F) -> per-member predictions (members, n) float32, target units."""
+        eng = self.engine(precision, device)
+        Z = self.scaler.transform(X)
+        out = np.empty((self.n_members, len(Z)), dtype=np.float32)
+        for i in range(0, len(Z), batch):
+            y = eng(torch.from_numpy(Z[i : i + batch]))
+            out[:, i : i + batch] = y.cpu().numpy()
+        return out * np.float32(self.scaler.y_std) + np.float32(self.scaler.y_mean)
+
+    def predict_features(self, X: np.ndarray, precision: str = "fp32", device: str = "cpu",
+                         members: bool = False) -> dict[str, np.ndarray]:
+        P = self.predict_members(X, precision, device)
+        out = {"prediction": P.mean(0), "uncertainty": P.std(0)}
+        if members:
+            for k in range(len(P)):
+                out[f"member_{k}"] = P[k]
+        return out
+
+    def predict(self, formulas, members: bool = False, precision: str = "fp32", device: str = "cpu"):
+        """Formulas -> pandas DataFrame (formula, prediction, uncertainty[, member_k]).
+
+        Invalid formulas raise :class:`irscreen.composition.FormulaError`; use the CLI
+        (or :func:`irscreen.screen.predict_table`) for files with row-level rejects."""
+        import pandas as pd
+
+        from irscreen.features import featurize_parsed
+        from irscreen.composition import parse_batch, parse_formula
+
+        formulas = list(formulas)
+        batch = parse_batch(formulas)
+        for i, err in enumerate(batch.errors):
+            if err is not None:
+                parse_formula(formulas[i])  # raises the FormulaError naming the formula
+        X = featurize_parsed(batch, self.preset)
+        cols = self.predict_features(X, precision, device, members)
+        return pd.DataFrame({"formula": formulas, **cols})
+
+
+def load_model(name_or_dir: str | Path = "formation-enthalpy") -> Model:
+    """Load a shipped bundle by name, or a bundle directory; verify hashes and features."""
+    path = _bundle.resolve(name_or_dir)
+    manifest = _bundle.read_manifest(path)
+    _bundle.check_features(path, manifest)
+    files = _bundle.verify_members(path, manifest)
+    arch = parse_arch(manifest["architecture"])
+    n_features = manifest["features"]["n_features"]
+    nets = []
+    for f in files:
+        net = Net(n_features, arch)
+        try:
+            state = load_file(str(f))
+            net.load_state_dict({k: v.to(net.state_dict()[k].dtype) for k, v in state.items()}, strict=True)
+        except (RuntimeError, KeyError) as e:
+            raise IrscreenError(f"model bundle {path}: {f.name} does not fit architecture {arch.spec!r} ({str(e).splitlines()[0]})") from None
+        net.eval()
+        nets.append(net)
+    return Model(path, manifest, nets)
