@@ -363,8 +363,7 @@ def new_manifest(*, name, target, units, description, preset, labels_hash, n_fea
 
 
 def _hardware(device: str) -> str:
-    dev = pick_device(device)
-    if dev.type == "cuda":
+    if torch.cuda.is_available() and device in ("cuda", "auto"):
         return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
@@ -434,3 +433,27 @@ def train_ensemble(
 
 def _cfg_key(cfg: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def finalize_bundle(bundle: Path, X_val: np.ndarray, y_val: np.ndarray, notes: str = "") -> dict:
+    """Score the finished ensemble on the validation rows, then write the metrics into
+    the manifest, the learning-curve and parity plots, and the model card."""
+    from irscreen import plots
+    from irscreen.evaluate import evaluate_members
+    from irscreen.models.card import write_card
+    from irscreen.models.ensemble import load_model
+
+    bundle = Path(bundle)
+    model = load_model(bundle)
+    preds = model.predict_members(X_val)
+    manifest = model.manifest
+    manifest["metrics"]["validation"] = evaluate_members(preds, y_val)
+    write_json_atomic(bundle / MANIFEST, manifest)
+    units = manifest.get("units", "")
+    plots.learning_curve(manifest["members"], units, bundle / "learning_curve.png")
+    label = f"{manifest.get('target')} ({units})" if units else str(manifest.get("target"))
+    ens = manifest["metrics"]["validation"]
+    plots.parity(y_val, preds.mean(0), label, bundle / "parity.png",
+                 title=f"validation, n = {ens['n']:,}, ensemble MAE = {ens['mae']:.4f}")
+    write_card(bundle, manifest, notes)
+    return manifest

@@ -20,8 +20,9 @@ from irscreen.models import bundle as _bundle
 from irscreen.models.irnet import FoldedEnsemble, Net, fold, parse_arch
 from irscreen.train import Scaler
 
-#: Rows per inference call: big enough for efficient GEMMs, small enough to stay in cache-friendly memory.
-INFER_BATCH = 4096
+#: Rows per inference call: measured fastest on a 2-core AVX-512 CPU (activations stay in cache;
+#: docs/benchmarks.md), and large enough to keep a GPU busy with several members.
+INFER_BATCH = 512
 
 
 class Model:
@@ -58,8 +59,7 @@ class Model:
     def engine(self, precision: str = "fp32", device: str = "cpu") -> FoldedEnsemble:
         key = (precision, device)
         if key not in self._engines:
-            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-            self._engines[key] = FoldedEnsemble(self._folded, dtype=dtype, device=device)
+            self._engines[key] = FoldedEnsemble(self._folded, precision=precision, device=device)
         return self._engines[key]
 
     def predict_members(self, X: np.ndarray, precision: str = "fp32", device: str = "cpu",

@@ -234,36 +234,68 @@ def fold(net: Net) -> list[FoldedLayer]:
     return layers
 
 
+PRECISIONS = ("fp32", "bf16", "mixed")
+
+
 class FoldedEnsemble:
     """All members of an ensemble in inference form, evaluated with one batched
     matmul per layer (members stacked on a leading axis).
 
-    ``dtype=torch.bfloat16`` runs the GEMMs in bf16 (AVX-512 BF16 on CPU, tensor
-    cores on GPU) with the bias, ReLU and shortcut additions kept in float32.
-    Members must share one architecture.
+    precision:
+      ``fp32``  every GEMM in float32.
+      ``bf16``  every GEMM in bfloat16 (AVX-512 BF16 on CPU, tensor cores on GPU).
+      ``mixed`` bf16 for the residual branches, float32 for the projection shortcuts
+                and the output layer. Measured on the shipped model: the projections
+                carry the whole signal from one width to the next, and rounding them to
+                bf16 caused most of bf16's error, while they are a small share of the
+                FLOPs (docs/benchmarks.md).
+    The residual stream, biases and ReLU stay float32 in every mode. Members must
+    share one architecture.
     """
 
-    def __init__(self, members: list[list[FoldedLayer]], dtype: torch.dtype = torch.float32, device: str = "cpu"):
-        self.dtype = dtype
+    def __init__(self, members: list[list[FoldedLayer]], precision: str = "fp32", device: str = "cpu"):
+        if precision not in PRECISIONS:
+            raise IrscreenError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
+        self.precision = precision
         self.device = torch.device(device)
         self.n_members = len(members)
+        low = torch.float32 if precision == "fp32" else torch.bfloat16
+        split = precision == "mixed"
+        n_layers = len(members[0])
         self.layers = []
-        for li in range(len(members[0])):
+
+        def stack(ts, dtype):
+            return torch.stack(ts).to(self.device, dtype).contiguous()
+
+        for li in range(n_layers):
             parts = [m[li] for m in members]
             ref = parts[0]
-            entry = {
-                "w": torch.stack([p.weight for p in parts]).to(self.device, dtype),
-                "b": torch.stack([p.bias for p in parts])[:, None, :].to(self.device, torch.float32),
-                "n_out": ref.n_out,
-                "relu": ref.relu,
-                "shortcut": ref.shortcut,
-                "stack_start": ref.stack_start,
-                "stack_end": ref.stack_end,
-            }
+            last = li == n_layers - 1
+            n = ref.n_out
+            entry = {"n_out": n, "relu": ref.relu, "shortcut": ref.shortcut, "stack_start": ref.stack_start,
+                     "stack_end": ref.stack_end}
+            main_dtype = torch.float32 if (split and last) else low
+            if ref.shortcut == "packed" and split:
+                entry["w"] = stack([p.weight[:, :n] for p in parts], main_dtype)
+                entry["pw"] = stack([p.weight[:, n:] for p in parts], torch.float32)
+                entry["shortcut"] = "projection"
+            else:
+                entry["w"] = stack([p.weight for p in parts], main_dtype)
+            bias = torch.stack([p.bias for p in parts])[:, None, :].to(self.device, torch.float32)
+            if entry["shortcut"] == "projection":
+                entry["b"], entry["pb"] = bias[..., :n].contiguous(), bias[..., n:].contiguous()
+            else:
+                entry["b"] = bias
             if ref.stack_end == "projection":
-                entry["sw"] = torch.stack([p.stack_weight for p in parts]).to(self.device, dtype)
+                entry["sw"] = stack([p.stack_weight for p in parts], torch.float32 if split else low)
                 entry["sb"] = torch.stack([p.stack_bias for p in parts])[:, None, :].to(self.device, torch.float32)
             self.layers.append(entry)
+
+    @staticmethod
+    def _mm(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if w.dtype == h.dtype:
+            return torch.bmm(h, w)
+        return torch.bmm(h.to(w.dtype), w).float()
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -273,19 +305,22 @@ class FoldedEnsemble:
         for L in self.layers:
             if L["stack_start"]:
                 stack_in = h
-            y = torch.bmm(h.to(self.dtype), L["w"]).float() + L["b"]
+            y = self._mm(h, L["w"])
+            y += L["b"]
             n = L["n_out"]
             out = y[..., :n]
             if L["relu"]:
-                out = torch.relu(out)
+                out = torch.relu_(out)
             if L["shortcut"] == "identity":
                 out = out + h
             elif L["shortcut"] == "packed":
                 out = out + y[..., n:]
+            elif L["shortcut"] == "projection":
+                out = out + torch.baddbmm(L["pb"], h, L["pw"])
             if L["stack_end"] == "identity":
                 out = out + stack_in
             elif L["stack_end"] == "projection":
-                out = out + torch.bmm(stack_in.to(self.dtype), L["sw"]).float() + L["sb"]
+                out = out + self._mm(stack_in, L["sw"]) + L["sb"]
             h = out
         return h[..., 0]
 
@@ -293,9 +328,8 @@ class FoldedEnsemble:
         """Multiply-adds x2 of all GEMMs, all members together."""
         total = 0
         for L in self.layers:
-            m, k, n = L["w"].shape
-            total += 2 * m * k * n
-            if "sw" in L:
-                m, k, n = L["sw"].shape
-                total += 2 * m * k * n
+            for key in ("w", "pw", "sw"):
+                if key in L:
+                    m, k, n = L[key].shape
+                    total += 2 * m * k * n
         return total

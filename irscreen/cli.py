@@ -1,0 +1,251 @@
+"""The irscreen command line: thin Typer commands over the library.
+
+Every command reports problems it can name (bad file, missing column, unknown model)
+as one line on stderr with exit code 2; row-level problems go to a rejects file.
+Progress and summaries go to stderr, results (tables, JSON) to stdout.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table as RichTable
+
+from irscreen import __version__
+from irscreen.errors import IrscreenError
+
+app = typer.Typer(
+    name="irscreen",
+    help="High-throughput screening of inorganic compositions with deep residual networks (IRNet).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+JOBS_DEFAULT = os.cpu_count() or 1
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"irscreen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+) -> None:
+    """irscreen: featurize, train, evaluate, predict, screen, generate."""
+
+
+class RowProgress:
+    """A rich progress bar over rows: rows/s, ETA, and an optional status field."""
+
+    def __init__(self, label: str, total: int | None):
+        self.p = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=err,
+            transient=False,
+        )
+        self.total = total
+        self.t0 = time.perf_counter()
+        self.task = self.p.add_task(label, total=total, rate="", status="")
+
+    def __enter__(self):
+        self.p.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.p.__exit__(*exc)
+
+    def __call__(self, done: int, total: int | None = None, status: str = "") -> None:
+        rate = done / max(1e-9, time.perf_counter() - self.t0)
+        self.p.update(self.task, completed=done, total=total or self.total, rate=f"{rate:,.0f} rows/s", status=status)
+
+
+def _summary(s, verb: str) -> None:
+    err.print(
+        f"[bold]{s.rows_read:,}[/] rows read, [green]{s.rows_ok:,} {verb}[/], "
+        f"[{'red' if s.rows_rejected else 'dim'}]{s.rows_rejected:,} rejected[/] "
+        f"in {s.seconds:.1f} s ({s.rate:,.0f} rows/s)"
+    )
+    err.print(f"output: {s.output}" + (f"   rejects: {s.rejects}" if s.rejects else ""))
+
+
+def _exit_for(s) -> None:
+    if s.rows_ok == 0:
+        err.print("[red]every row was rejected[/]; see the rejects file")
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- featurize
+
+
+@app.command()
+def featurize(
+    input: Path = typer.Argument(..., help="Parquet or CSV file with a formula column."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output Parquet (or .csv): input columns + features."),
+    formula_column: Optional[str] = typer.Option(None, help="Formula column (default: 'formula', else 'composition')."),
+    preset: str = typer.Option("magpie", help="Feature preset: magpie (145 Magpie descriptors) or fractions."),
+    engine: str = typer.Option("fast", help="fast (vectorized) or matminer (the reference implementation)."),
+    jobs: int = typer.Option(JOBS_DEFAULT, "--jobs", "-j", help="Worker processes (joblib)."),
+    batch_rows: int = typer.Option(65_536, help="Rows per batch (memory stays flat)."),
+    rejects: Optional[Path] = typer.Option(None, help="Rejects file (default: OUTPUT.rejects.parquet)."),
+) -> None:
+    """Compute composition features for every row of INPUT."""
+    from irscreen.io import open_table
+    from irscreen.pipeline import featurize_file
+
+    total = open_table(input).num_rows
+    with RowProgress("featurize", total) as bar:
+        s = featurize_file(input, output, formula_column=formula_column, preset=preset, engine=engine,
+                           jobs=jobs, batch_rows=batch_rows, rejects_path=rejects, progress=bar)
+    _summary(s, "featurized")
+    _exit_for(s)
+
+
+# --------------------------------------------------------------------------- models
+
+
+@app.command()
+def models() -> None:
+    """List the shipped model bundles."""
+    import json
+
+    from irscreen.models.bundle import MANIFEST, shipped_names, shipped_root
+
+    t = RichTable(title="Shipped models (use --model NAME)")
+    for col in ("name", "target", "units", "members", "architecture", "validation MAE", "trained on"):
+        t.add_column(col)
+    for name in shipped_names():
+        m = json.loads((shipped_root() / name / MANIFEST).read_text())
+        val = m.get("metrics", {}).get("validation", {})
+        t.add_row(name, m.get("target", ""), m.get("units", ""), str(len(m["members"])), m.get("arch_name", m["architecture"]),
+                  f"{val['mae']:.4f}" if val else "-", f"{m['data'].get('file', '')} ({m['data'].get('rows', 0):,} rows)")
+    out.print(t)
+
+
+# --------------------------------------------------------------------------- train
+
+
+@app.command()
+def train(
+    data: Path = typer.Argument(..., help="Parquet/CSV with a formula column (or already featurized) and the target."),
+    target: str = typer.Option(..., "--target", "-t", help="Target column."),
+    output: Path = typer.Option(..., "-o", "--output", help="Bundle directory to write."),
+    formula_column: Optional[str] = typer.Option(None, help="Formula column (default: 'formula', else 'composition')."),
+    preset: str = typer.Option("magpie", help="Feature preset."),
+    arch: str = typer.Option("irnet17", help="Architecture preset (irnet17, srnet17, plain17, *24, *48, irnet17-half) or string."),
+    ensemble: int = typer.Option(1, help="Ensemble members (differ by seed)."),
+    epochs: int = typer.Option(100),
+    batch_size: int = typer.Option(512),
+    lr: float = typer.Option(1e-3, help="Peak learning rate (one-cycle) or the constant rate."),
+    schedule: str = typer.Option("onecycle", help="onecycle or constant."),
+    optimizer: str = typer.Option("adamw", help="adamw or adam."),
+    weight_decay: float = typer.Option(1e-4),
+    patience: int = typer.Option(30, help="Stop after this many epochs without validation improvement (0: never)."),
+    val_frac: float = typer.Option(0.1, help="Random validation fraction (ignored with --split-column)."),
+    split_column: Optional[str] = typer.Option(None, help="Column whose value 'val' marks validation rows."),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    precision: str = typer.Option("bf16", help="bf16 (autocast) or fp32."),
+    storage: str = typer.Option("float16", help="Weight dtype in the bundle: float16 or float32."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run (finished members are kept)."),
+    checkpoint_dir: Optional[Path] = typer.Option(None, help="Checkpoints (default: ~/.cache/irscreen/checkpoints)."),
+    name: Optional[str] = typer.Option(None, help="Model name (default: the output directory name)."),
+    units: str = typer.Option("", help="Target units, for the model card."),
+    description: str = typer.Option("", help="One line for the model card."),
+    jobs: int = typer.Option(JOBS_DEFAULT, "--jobs", "-j", help="Featurization worker processes."),
+) -> None:
+    """Train an IRNet ensemble into a model bundle."""
+    from irscreen.train import TrainConfig
+    from irscreen.training_data import load_training_data, train_bundle
+
+    cfg = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule, optimizer=optimizer,
+                      weight_decay=weight_decay, patience=patience, precision=precision, device=device, seed=seed,
+                      ensemble=ensemble, storage=storage)
+    cfg.validate()
+    td = load_training_data(data, target, formula_column=formula_column, preset=preset, jobs=jobs,
+                            val_frac=val_frac, split_column=split_column, seed=seed, console=err)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=err) as prog:
+        tasks = {}
+
+        def on_epoch(log):
+            if log.member not in tasks:
+                tasks[log.member] = prog.add_task(f"member {log.member + 1}/{cfg.ensemble}", total=log.epochs, info="")
+            prog.update(tasks[log.member], completed=log.epoch,
+                        info=f"train MAE {log.train_mae * td.scaler.y_std:.4g}  val MAE {log.val_mae * td.scaler.y_std:.4g}"
+                             f"  best {log.best_val_mae * td.scaler.y_std:.4g}")
+
+        manifest = train_bundle(td, cfg, output, name=name or output.name, units=units, description=description,
+                                resume=resume, checkpoint_dir=checkpoint_dir, on_epoch=on_epoch)
+    val = manifest["metrics"]["validation"]
+    err.print(f"bundle: {output}  ({len(manifest['members'])} members)")
+    err.print(f"validation MAE: ensemble {val['mae']:.4g}; members "
+              + ", ".join(f"{m['mae']:.4g}" for m in val["members"]))
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+@app.command()
+def evaluate(
+    data: Path = typer.Argument(..., help="Parquet/CSV with formulas and the target."),
+    model: str = typer.Option("formation-enthalpy", "--model", "-m", help="Shipped model name or bundle directory."),
+    target: str = typer.Option(..., "--target", "-t", help="Target column."),
+    formula_column: Optional[str] = typer.Option(None),
+    split: str = typer.Option("all", help="all rows, or 'val'/'train': the bundle's own split of its training file."),
+    plot: Optional[Path] = typer.Option(None, help="Write a parity plot PNG here."),
+    json_out: bool = typer.Option(False, "--json", help="Print only a JSON object to stdout."),
+    precision: str = typer.Option("fp32", help="fp32, mixed or bf16 inference."),
+    jobs: int = typer.Option(JOBS_DEFAULT, "--jobs", "-j"),
+) -> None:
+    """Score a model on labelled data: MAE, RMSE, R², max error, per member and ensemble."""
+    import json
+
+    from irscreen.training_data import evaluate_file
+
+    res = evaluate_file(data, model, target, formula_column=formula_column, split=split, plot=plot,
+                        precision=precision, jobs=jobs, console=None if json_out else err)
+    if json_out:
+        sys.stdout.write(json.dumps(res) + "\n")
+        return
+    t = RichTable(title=f"{res['model']} on {data.name} ({res['split']}, n = {res['n']:,})")
+    for col in ("", "MAE", "RMSE", "R²", "max error"):
+        t.add_column(col, justify="right")
+    for k, m in enumerate(res["members"]):
+        t.add_row(f"member {k}", f"{m['mae']:.4f}", f"{m['rmse']:.4f}", f"{m['r2']:.4f}", f"{m['max_error']:.3f}")
+    t.add_row("[bold]ensemble", f"[bold]{res['mae']:.4f}", f"{res['rmse']:.4f}", f"{res['r2']:.4f}", f"{res['max_error']:.3f}")
+    out.print(t)
+    if res.get("rejected"):
+        err.print(f"{res['rejected']:,} rows could not be used (bad formula or missing target)")
+
+
+def main() -> None:
+    try:
+        app()
+    except IrscreenError as e:
+        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

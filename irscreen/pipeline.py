@@ -1,0 +1,231 @@
+"""Streaming featurization of a table, shared by featurize, predict and screen.
+
+Input batches are parsed and featurized (in joblib worker processes when jobs > 1,
+overlapping with whatever the caller does with the previous batch); each batch comes
+back split into the rows that featurized and the rejected rows with their reason.
+Nothing is dropped silently: rows in = rows featurized + rows rejected.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from irscreen.io import REJECTS_SCHEMA, Table
+
+
+@dataclass
+class FeaturizedBatch:
+    start: int  # row number (0-based) of the batch's first input row
+    n_in: int
+    rows: pa.RecordBatch  # the input rows that featurized, all columns
+    X: np.ndarray  # (len(rows), F) float32
+    rejects: pa.Table  # row, formula, error
+
+
+def featurize_formulas(formulas: pa.Array, preset: str, engine: str = "fast") -> tuple[np.ndarray, list]:
+    """Worker: formulas -> (features float32 with NaN rows for failures, per-row error or None)."""
+    from irscreen.composition import parse_batch
+    from irscreen.features import featurize_parsed, get_preset
+
+    batch = parse_batch(formulas)
+    errors = list(batch.errors)
+    if engine == "matminer":
+        from irscreen.features.reference import featurize_matminer
+
+        ok = np.flatnonzero(batch.ok)
+        X = np.full((batch.n_rows, get_preset(preset).n_features), np.nan)
+        texts = formulas.to_pylist()
+        if len(ok):
+            X[ok] = featurize_matminer([texts[i] for i in ok], n_jobs=1)
+    else:
+        X = featurize_parsed(batch, preset)
+    # a row that parsed but has no finite feature at all (e.g. an element the preset does
+    # not cover) cannot be used by any model: reject it with the reason
+    dead = batch.ok & ~np.isfinite(X).any(axis=1) if X.shape[1] else batch.ok & False
+    for i in np.flatnonzero(dead):
+        errors[i] = f"cannot featurize {formulas[int(i)].as_py()!r} with preset {preset!r} (an element it does not cover)"
+    return X.astype(np.float32), errors
+
+
+def _split(start: int, rb: pa.RecordBatch, column: str, X: np.ndarray, errors: list) -> FeaturizedBatch:
+    bad = np.fromiter((e is not None for e in errors), dtype=bool, count=len(errors))
+    good = np.flatnonzero(~bad)
+    if bad.any():
+        idx = np.flatnonzero(bad)
+        formulas = rb.column(rb.schema.get_field_index(column)).take(pa.array(idx))
+        rejects = pa.table(
+            {
+                "row": pa.array(idx + start, pa.int64()),
+                "formula": pa.array([None if f is None else str(f) for f in formulas.to_pylist()], pa.string()),
+                "error": pa.array([errors[i] for i in idx], pa.string()),
+            },
+            schema=REJECTS_SCHEMA,
+        )
+        rows = rb.take(pa.array(good))
+        X = X[good]
+    else:
+        rejects = REJECTS_SCHEMA.empty_table()
+        rows = rb
+    return FeaturizedBatch(start, rb.num_rows, rows, X, rejects)
+
+
+def featurize_table(
+    table: Table,
+    column: str,
+    preset: str = "magpie",
+    engine: str = "fast",
+    batch_rows: int = 65_536,
+    jobs: int = 1,
+    skip_rows: int = 0,
+) -> Iterator[FeaturizedBatch]:
+    """Yield FeaturizedBatch objects in input order. ``skip_rows`` resumes after a
+    prefix that was already processed (it must be a multiple of ``batch_rows``)."""
+    def source():
+        start = 0
+        for rb in table.batches(batch_rows, string_columns=(column,)):
+            if start >= skip_rows:
+                yield start, rb
+            start += rb.num_rows
+
+    def formulas_of(rb: pa.RecordBatch) -> pa.Array:
+        col = rb.column(rb.schema.get_field_index(column))
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            if pa.types.is_dictionary(col.type):
+                col = col.cast(pa.string())
+            else:
+                from irscreen.errors import IrscreenError
+
+                raise IrscreenError(f"{table.path}: column {column!r} holds {col.type}, not formula strings")
+        return col
+
+    if jobs <= 1:
+        for start, rb in source():
+            X, errors = featurize_formulas(formulas_of(rb), preset, engine)
+            yield _split(start, rb, column, X, errors)
+        return
+
+    from joblib import Parallel, delayed
+
+    pending = []
+
+    def tasks():
+        for start, rb in source():
+            pending.append((start, rb))
+            yield delayed(featurize_formulas)(formulas_of(rb), preset, engine)
+
+    # return_as="generator" keeps input order and only a few batches in flight,
+    # so memory stays flat however large the input is
+    results = Parallel(n_jobs=jobs, return_as="generator", pre_dispatch="2*n_jobs")(tasks())
+    for X, errors in results:
+        start, rb = pending.pop(0)
+        yield _split(start, rb, column, X, errors)
+
+
+@dataclass
+class Summary:
+    rows_read: int = 0
+    rows_ok: int = 0
+    rows_rejected: int = 0
+    seconds: float = 0.0
+    output: str = ""
+    rejects: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.rows_read / self.seconds if self.seconds > 0 else 0.0
+
+
+class RejectsLog:
+    """Collects rejected rows in memory-light batches and writes them atomically.
+    The file is always written (possibly empty) so users can rely on it existing."""
+
+    def __init__(self, path):
+        from irscreen.io import AtomicWriter
+
+        self._w = AtomicWriter(path, REJECTS_SCHEMA)
+        self.rows = 0
+
+    def add(self, rejects: pa.Table) -> None:
+        if rejects.num_rows:
+            self._w.write(rejects)
+            self.rows += rejects.num_rows
+
+    def commit(self):
+        return self._w.commit()
+
+    def abort(self) -> None:
+        self._w.abort()
+
+
+def featurize_file(
+    input_path,
+    output_path,
+    *,
+    formula_column: str | None = None,
+    preset: str = "magpie",
+    engine: str = "fast",
+    jobs: int = 1,
+    batch_rows: int = 65_536,
+    rejects_path=None,
+    progress=None,
+) -> Summary:
+    """INPUT -> OUTPUT with all input columns plus the features (float32).
+
+    ``progress(rows_done, total_or_None)`` is called after every batch."""
+    import time
+    from pathlib import Path
+
+    from irscreen.errors import IrscreenError
+    from irscreen.features import get_preset
+    from irscreen.io import AtomicWriter, default_rejects_path, open_table
+
+    t0 = time.perf_counter()
+    try:
+        spec = get_preset(preset)
+    except ValueError as e:
+        raise IrscreenError(str(e)) from None
+    if engine not in ("fast", "matminer"):
+        raise IrscreenError(f"unknown engine {engine!r} (fast, matminer)")
+    if engine == "matminer" and spec.name != "magpie":
+        raise IrscreenError("--engine matminer supports only the magpie preset")
+    if batch_rows < 1:
+        raise IrscreenError("--batch-rows must be >= 1")
+    table = open_table(input_path)
+    column = table.formula_column(formula_column)
+    clash = sorted(set(table.columns) & set(spec.labels))
+    if clash:
+        raise IrscreenError(f"{table.path}: already has feature columns ({', '.join(clash[:3])}...); is it featurized?")
+    output_path = Path(output_path)
+    rejects_path = Path(rejects_path) if rejects_path else default_rejects_path(output_path)
+    summary = Summary(output=str(output_path), rejects=str(rejects_path))
+    writer = None
+    rejects = RejectsLog(rejects_path)
+    try:
+        for fb in featurize_table(table, column, spec.name, engine, batch_rows, jobs):
+            if writer is None:
+                schema = fb.rows.schema
+                for label in spec.labels:
+                    schema = schema.append(pa.field(label, pa.float32()))
+                writer = AtomicWriter(output_path, schema)
+            cols = list(fb.rows.columns) + [pa.array(fb.X[:, j]) for j in range(fb.X.shape[1])]
+            writer.write(pa.RecordBatch.from_arrays(cols, schema=writer.schema))
+            rejects.add(fb.rejects)
+            summary.rows_read += fb.n_in
+            summary.rows_ok += fb.rows.num_rows
+            summary.rows_rejected += fb.rejects.num_rows
+            if progress:
+                progress(summary.rows_read, table.num_rows)
+        if writer is None:
+            raise IrscreenError(f"{table.path}: file has no rows")
+        writer.commit()
+        rejects.commit()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        rejects.abort()
+        raise
+    summary.seconds = time.perf_counter() - t0
+    return summary
