@@ -236,6 +236,130 @@ def evaluate(
         err.print(f"{res['rejected']:,} rows could not be used (bad formula or missing target)")
 
 
+# --------------------------------------------------------------------------- predict
+
+
+@app.command()
+def predict(
+    input: Path = typer.Argument(..., help="Parquet or CSV file with a formula column."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output Parquet (or .csv)."),
+    model: str = typer.Option("formation-enthalpy", "--model", "-m", help="Shipped model name or bundle directory."),
+    members: bool = typer.Option(False, help="Also write each member's prediction (member_0, ...)."),
+    formula_column: Optional[str] = typer.Option(None),
+    precision: str = typer.Option("mixed", help="mixed (bf16 branches, fp32 shortcuts), fp32 or bf16."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    jobs: int = typer.Option(JOBS_DEFAULT, "--jobs", "-j", help="Featurization worker processes."),
+    batch_rows: int = typer.Option(65_536),
+    rejects: Optional[Path] = typer.Option(None, help="Rejects file (default: OUTPUT.rejects.parquet)."),
+) -> None:
+    """Predict every row: prediction (ensemble mean) and uncertainty (ensemble std)."""
+    from irscreen.io import open_table
+    from irscreen.screen import predict_file
+
+    total = open_table(input).num_rows
+    with RowProgress("predict", total) as bar:
+        s = predict_file(input, output, model=model, members=members, formula_column=formula_column,
+                         precision=precision, device=device, jobs=jobs, batch_rows=batch_rows,
+                         rejects_path=rejects, progress=bar)
+    _summary(s, "predicted")
+    _exit_for(s)
+
+
+# --------------------------------------------------------------------------- screen
+
+
+def _elements(text: Optional[str]) -> list[str]:
+    return [e.strip() for e in text.split(",") if e.strip()] if text else []
+
+
+@app.command()
+def screen(
+    input: Path = typer.Argument(..., help="Candidates: Parquet or CSV with a formula column, any size."),
+    top: int = typer.Option(..., "--top", "-k", help="Shortlist size K."),
+    model: str = typer.Option("formation-enthalpy", "--model", "-m", help="Shipped model name or bundle directory."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Default: <input stem>.top<K>.parquet here."),
+    minimize: bool = typer.Option(False, "--minimize", help="Lowest prediction first (the default)."),
+    maximize: bool = typer.Option(False, "--maximize", help="Highest prediction first."),
+    target_value: Optional[float] = typer.Option(None, help="Closest to this value first."),
+    kappa: float = typer.Option(0.0, help="Uncertainty weight: >0 conservative, <0 optimistic."),
+    include_elements: Optional[str] = typer.Option(None, help="Keep rows containing all of these (e.g. Li,O)."),
+    exclude_elements: Optional[str] = typer.Option(None, help="Drop rows containing any of these."),
+    max_elements: Optional[int] = typer.Option(None, help="Drop rows with more distinct elements."),
+    max_per_system: Optional[int] = typer.Option(None, help="At most N rows per chemical system (e.g. Fe-Li-O)."),
+    unique: bool = typer.Option(False, help="Keep only the best row per reduced composition."),
+    formula_column: Optional[str] = typer.Option(None),
+    precision: str = typer.Option("mixed", help="mixed (bf16 branches, fp32 shortcuts), fp32 or bf16."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    jobs: int = typer.Option(JOBS_DEFAULT, "--jobs", "-j", help="Featurization worker processes."),
+    batch_rows: int = typer.Option(65_536),
+    rejects: Optional[Path] = typer.Option(None, help="Rejects file (default: OUTPUT.rejects.parquet)."),
+    resume: bool = typer.Option(False, help="Continue a killed screen from its last completed batch."),
+) -> None:
+    """Rank candidates and keep the best K (memory independent of input size)."""
+    from irscreen.io import open_table
+    from irscreen.screen import ScreenOptions, screen_file
+
+    if sum([minimize, maximize, target_value is not None]) > 1:
+        raise IrscreenError("choose one of --minimize, --maximize, --target-value")
+    objective = "target" if target_value is not None else ("maximize" if maximize else "minimize")
+    opts = ScreenOptions(top=top, objective=objective, target_value=target_value, kappa=kappa,
+                         include_elements=_elements(include_elements), exclude_elements=_elements(exclude_elements),
+                         max_elements=max_elements, max_per_system=max_per_system, unique=unique, precision=precision)
+    opts.validate()
+    if output is None:
+        output = Path(f"{input.stem}.top{top}.parquet")
+    total = open_table(input).num_rows
+    with RowProgress("screen", total) as bar:
+        res = screen_file(input, output, opts, model=model, formula_column=formula_column, device=device, jobs=jobs,
+                          batch_rows=batch_rows, rejects_path=rejects, resume=resume, progress=bar)
+    s = res.summary
+    t = RichTable(title=f"Top {min(10, res.shortlist.num_rows)} of {res.shortlist.num_rows:,} ({objective})")
+    cols = ["rank", res.shortlist.column_names[1] if res.shortlist.num_columns > 1 else "", "prediction", "uncertainty"]
+    fcol = next((c for c in ("formula", "composition", formula_column) if c and c in res.shortlist.column_names), cols[1])
+    cols[1] = fcol
+    for c in cols:
+        t.add_column(c, justify="right" if c != fcol else "left")
+    for r in res.shortlist.slice(0, 10).select(cols).to_pylist():
+        t.add_row(str(r["rank"]), str(r[fcol]), f"{r['prediction']:.4f}", f"{r['uncertainty']:.4f}")
+    out.print(t)
+    err.print(
+        f"[bold]{s.rows_read:,}[/] rows read = [green]{s.rows_ok:,} screened[/] + "
+        f"[{'red' if s.rows_rejected else 'dim'}]{s.rows_rejected:,} rejected[/]"
+        + (f" ({res.filtered:,} screened rows filtered out)" if res.filtered else "")
+        + f" in {s.seconds:.1f} s ({s.rate:,.0f} rows/s)"
+    )
+    err.print(f"output: {s.output}   rejects: {s.rejects}")
+    _exit_for(s)
+
+
+# --------------------------------------------------------------------------- generate
+
+
+@app.command()
+def generate(
+    output: Path = typer.Option(..., "-o", "--output", help="Output Parquet (or .csv)."),
+    elements: str = typer.Option(..., help="Comma-separated elements, e.g. Li,Fe,Mn,P,O."),
+    max_elements: int = typer.Option(4, help="Most distinct elements per composition."),
+    min_elements: int = typer.Option(2, help="Fewest distinct elements per composition."),
+    max_atoms: int = typer.Option(12, help="Most atoms in the reduced integer formula."),
+    charge_balanced: bool = typer.Option(False, help="Only compositions that balance with common oxidation states."),
+    limit: Optional[int] = typer.Option(None, help="Write a seeded random sample of this many compositions."),
+    seed: int = typer.Option(0, help="Seed for --limit sampling."),
+) -> None:
+    """Enumerate hypothetical compositions over the given elements."""
+    from irscreen.generate import count_compositions, write_compositions
+
+    els = _elements(elements)
+    total = count_compositions(els, max_elements=max_elements, max_atoms=max_atoms, min_elements=min_elements)
+    t0 = time.perf_counter()
+    with RowProgress("generate", None) as bar:
+        n = write_compositions(output, els, max_elements=max_elements, max_atoms=max_atoms, min_elements=min_elements,
+                               charge_balanced=charge_balanced, limit=limit, seed=seed,
+                               progress=lambda done: bar(done))
+    err.print(f"{n:,} compositions written to {output} ({total:,} in the space before filters) "
+              f"in {time.perf_counter() - t0:.1f} s")
+
+
 def main() -> None:
     try:
         app()

@@ -23,10 +23,13 @@ class FeaturizedBatch:
     rows: pa.RecordBatch  # the input rows that featurized, all columns
     X: np.ndarray  # (len(rows), F) float32
     rejects: pa.Table  # row, formula, error
+    elements: np.ndarray  # (len(rows), k) int16 atomic numbers, 0 = padding
+    fractions: np.ndarray  # (len(rows), k) atomic fractions
 
 
-def featurize_formulas(formulas: pa.Array, preset: str, engine: str = "fast") -> tuple[np.ndarray, list]:
-    """Worker: formulas -> (features float32 with NaN rows for failures, per-row error or None)."""
+def featurize_formulas(formulas: pa.Array, preset: str, engine: str = "fast"):
+    """Worker: formulas -> (features float32 with NaN rows for failures, per-row error or
+    None, element numbers (n, k), atomic fractions (n, k))."""
     from irscreen.composition import parse_batch
     from irscreen.features import featurize_parsed, get_preset
 
@@ -47,10 +50,11 @@ def featurize_formulas(formulas: pa.Array, preset: str, engine: str = "fast") ->
     dead = batch.ok & ~np.isfinite(X).any(axis=1) if X.shape[1] else batch.ok & False
     for i in np.flatnonzero(dead):
         errors[i] = f"cannot featurize {formulas[int(i)].as_py()!r} with preset {preset!r} (an element it does not cover)"
-    return X.astype(np.float32), errors
+    return X.astype(np.float32), errors, batch.elements, batch.fractions()
 
 
-def _split(start: int, rb: pa.RecordBatch, column: str, X: np.ndarray, errors: list) -> FeaturizedBatch:
+def _split(start: int, rb: pa.RecordBatch, column: str, X: np.ndarray, errors: list, elements: np.ndarray,
+           fractions: np.ndarray) -> FeaturizedBatch:
     bad = np.fromiter((e is not None for e in errors), dtype=bool, count=len(errors))
     good = np.flatnonzero(~bad)
     if bad.any():
@@ -65,11 +69,11 @@ def _split(start: int, rb: pa.RecordBatch, column: str, X: np.ndarray, errors: l
             schema=REJECTS_SCHEMA,
         )
         rows = rb.take(pa.array(good))
-        X = X[good]
+        X, elements, fractions = X[good], elements[good], fractions[good]
     else:
         rejects = REJECTS_SCHEMA.empty_table()
         rows = rb
-    return FeaturizedBatch(start, rb.num_rows, rows, X, rejects)
+    return FeaturizedBatch(start, rb.num_rows, rows, X, rejects, elements, fractions)
 
 
 def featurize_table(
@@ -103,8 +107,7 @@ def featurize_table(
 
     if jobs <= 1:
         for start, rb in source():
-            X, errors = featurize_formulas(formulas_of(rb), preset, engine)
-            yield _split(start, rb, column, X, errors)
+            yield _split(start, rb, column, *featurize_formulas(formulas_of(rb), preset, engine))
         return
 
     from joblib import Parallel, delayed
@@ -119,9 +122,9 @@ def featurize_table(
     # return_as="generator" keeps input order and only a few batches in flight,
     # so memory stays flat however large the input is
     results = Parallel(n_jobs=jobs, return_as="generator", pre_dispatch="2*n_jobs")(tasks())
-    for X, errors in results:
+    for res in results:
         start, rb = pending.pop(0)
-        yield _split(start, rb, column, X, errors)
+        yield _split(start, rb, column, *res)
 
 
 @dataclass
