@@ -70,7 +70,13 @@ class RowProgress:
         return self
 
     def __exit__(self, *exc):
-        self.p.__exit__(*exc)
+        if exc[0] is not None and issubclass(exc[0], IrscreenError):
+            # a named problem is reported as its one error line: erase the bar and print nothing
+            # more (Progress.stop would leave the bar, or a blank line when stderr is not a terminal)
+            self.p.live.transient = True
+            self.p.live.stop()
+        else:
+            self.p.__exit__(*exc)
 
     def __call__(self, done: int, total: int | None = None, status: str = "") -> None:
         rate = done / max(1e-9, time.perf_counter() - self.t0)
@@ -83,7 +89,9 @@ def _summary(s, verb: str) -> None:
         f"[{'red' if s.rows_rejected else 'dim'}]{s.rows_rejected:,} rejected[/] "
         f"in {s.seconds:.1f} s ({s.rate:,.0f} rows/s)"
     )
-    err.print(f"output: {s.output}" + (f"   rejects: {s.rejects}" if s.rejects else ""))
+    # soft_wrap: never break a path across lines (stderr is often a log file, 80 columns)
+    err.print(f"output: {s.output}" + (f"   rejects: {s.rejects}" if s.rejects else ""), soft_wrap=True,
+              highlight=False)
 
 
 def _exit_for(s) -> None:
@@ -128,10 +136,13 @@ def models() -> None:
 
     from irscreen.models.bundle import MANIFEST, shipped_names, shipped_root
 
+    names = shipped_names()
     t = RichTable(title="Shipped models (use --model NAME)")
-    for col in ("name", "target", "units", "members", "architecture", "validation MAE", "trained on"):
+    # the name is what --model takes: never cut it short on a narrow terminal
+    t.add_column("name", no_wrap=True, min_width=max([4, *map(len, names)]))
+    for col in ("target", "units", "members", "architecture", "validation MAE", "trained on"):
         t.add_column(col)
-    for name in shipped_names():
+    for name in names:
         m = json.loads((shipped_root() / name / MANIFEST).read_text())
         val = m.get("metrics", {}).get("validation", {})
         t.add_row(name, m.get("target", ""), m.get("units", ""), str(len(m["members"])), m.get("arch_name", m["architecture"]),

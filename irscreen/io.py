@@ -107,11 +107,11 @@ def _csv_header(path: Path) -> list[str]:
 def open_table(path: str | os.PathLike) -> Table:
     """Open INPUT for streaming; every problem is one clear IrscreenError."""
     path = Path(path)
-    kind = _kind(path)
     if not path.exists():
         raise IrscreenError(f"{path}: no such file")
     if path.is_dir():
         raise IrscreenError(f"{path}: is a directory, not a file")
+    kind = _kind(path)
     if not os.access(path, os.R_OK):
         raise IrscreenError(f"{path}: permission denied")
     if path.stat().st_size == 0:
@@ -133,7 +133,7 @@ class AtomicWriter:
     """Write record batches to Parquet or CSV; the file appears under its final name
     only on :meth:`commit`. Use as a context manager: an exception discards the file."""
 
-    def __init__(self, path: str | os.PathLike, schema: pa.Schema, compression: str = "zstd"):
+    def __init__(self, path: str | os.PathLike, schema: pa.Schema, compression: str = "lz4"):
         self.path = Path(path)
         self.kind = _kind(self.path)
         self.schema = schema

@@ -21,17 +21,22 @@ class FeaturizedBatch:
     start: int  # row number (0-based) of the batch's first input row
     n_in: int
     rows: pa.RecordBatch  # the input rows that featurized, all columns
-    X: np.ndarray  # (len(rows), F) float32
+    XT: np.ndarray  # (F, len(rows)) float32, feature-major (one contiguous array per column)
     rejects: pa.Table  # row, formula, error
     elements: np.ndarray  # (len(rows), k) int16 atomic numbers, 0 = padding
     fractions: np.ndarray  # (len(rows), k) atomic fractions
 
+    @property
+    def X(self) -> np.ndarray:
+        """(len(rows), F) view of the features."""
+        return self.XT.T
+
 
 def featurize_formulas(formulas: pa.Array, preset: str, engine: str = "fast"):
-    """Worker: formulas -> (features float32 with NaN rows for failures, per-row error or
-    None, element numbers (n, k), atomic fractions (n, k))."""
+    """Worker: formulas -> (features (F, n) float32, feature-major, NaN for failed rows;
+    per-row error or None; element numbers (n, k); atomic fractions (n, k))."""
     from irscreen.composition import parse_batch
-    from irscreen.features import featurize_parsed, get_preset
+    from irscreen.features import featurize_parsed_columns, get_preset
 
     batch = parse_batch(formulas)
     errors = list(batch.errors)
@@ -43,17 +48,18 @@ def featurize_formulas(formulas: pa.Array, preset: str, engine: str = "fast"):
         texts = formulas.to_pylist()
         if len(ok):
             X[ok] = featurize_matminer([texts[i] for i in ok], n_jobs=1)
+        XT = np.ascontiguousarray(X.T, dtype=np.float32)
     else:
-        X = featurize_parsed(batch, preset)
+        XT = featurize_parsed_columns(batch, preset, np.float32)
     # a row that parsed but has no finite feature at all (e.g. an element the preset does
     # not cover) cannot be used by any model: reject it with the reason
-    dead = batch.ok & ~np.isfinite(X).any(axis=1) if X.shape[1] else batch.ok & False
+    dead = batch.ok & ~np.isfinite(XT).any(axis=0) if XT.shape[0] else batch.ok & False
     for i in np.flatnonzero(dead):
         errors[i] = f"cannot featurize {formulas[int(i)].as_py()!r} with preset {preset!r} (an element it does not cover)"
-    return X.astype(np.float32), errors, batch.elements, batch.fractions()
+    return XT, errors, batch.elements, batch.fractions()
 
 
-def _split(start: int, rb: pa.RecordBatch, column: str, X: np.ndarray, errors: list, elements: np.ndarray,
+def _split(start: int, rb: pa.RecordBatch, column: str, XT: np.ndarray, errors: list, elements: np.ndarray,
            fractions: np.ndarray) -> FeaturizedBatch:
     bad = np.fromiter((e is not None for e in errors), dtype=bool, count=len(errors))
     good = np.flatnonzero(~bad)
@@ -69,11 +75,11 @@ def _split(start: int, rb: pa.RecordBatch, column: str, X: np.ndarray, errors: l
             schema=REJECTS_SCHEMA,
         )
         rows = rb.take(pa.array(good))
-        X, elements, fractions = X[good], elements[good], fractions[good]
+        XT, elements, fractions = XT[:, good], elements[good], fractions[good]
     else:
         rejects = REJECTS_SCHEMA.empty_table()
         rows = rb
-    return FeaturizedBatch(start, rb.num_rows, rows, X, rejects, elements, fractions)
+    return FeaturizedBatch(start, rb.num_rows, rows, XT, rejects, elements, fractions)
 
 
 def featurize_table(
@@ -213,7 +219,7 @@ def featurize_file(
                 for label in spec.labels:
                     schema = schema.append(pa.field(label, pa.float32()))
                 writer = AtomicWriter(output_path, schema)
-            cols = list(fb.rows.columns) + [pa.array(fb.X[:, j]) for j in range(fb.X.shape[1])]
+            cols = list(fb.rows.columns) + [pa.array(col) for col in fb.XT]
             writer.write(pa.RecordBatch.from_arrays(cols, schema=writer.schema))
             rejects.add(fb.rejects)
             summary.rows_read += fb.n_in

@@ -78,7 +78,7 @@ def _featurize_cached(formulas_arr, preset: str, jobs: int, console) -> tuple[np
         res = Parallel(n_jobs=jobs)(delayed(featurize_formulas)(p, preset) for p in parts)
     else:
         res = [featurize_formulas(p, preset) for p in parts]
-    X = np.concatenate([r[0] for r in res]) if res else np.zeros((0, spec.n_features), np.float32)
+    X = np.concatenate([r[0].T for r in res]) if res else np.zeros((0, spec.n_features), np.float32)
     errors = [e for r in res for e in r[1]]
     try:
         CACHE_DIR.mkdir(parents=True, exist_ok=True)

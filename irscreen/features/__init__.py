@@ -115,6 +115,15 @@ def featurize_parsed(batch: ParsedBatch, preset: str = DEFAULT_PRESET) -> np.nda
     return get_preset(preset).compute(batch)
 
 
+def featurize_parsed_columns(batch: ParsedBatch, preset: str = DEFAULT_PRESET, dtype=np.float32) -> np.ndarray:
+    """Features feature-major, (F, n) in ``dtype``: the layout of Parquet columns.
+    The magpie engine computes this layout natively (no transpose)."""
+    spec = get_preset(preset)
+    if spec.name == "magpie":
+        return _magpie.featurize_columns(batch, dtype)
+    return np.ascontiguousarray(spec.compute(batch).T, dtype=dtype)
+
+
 def _item(formulas: Any, i: int) -> Any:
     if hasattr(formulas, "iloc"):  # pandas
         return formulas.iloc[i]

@@ -76,18 +76,37 @@ def featurize_batch(batch, out: np.ndarray | None = None) -> np.ndarray:
     ``out``, if given, is a C-contiguous (n, 145) float64 array to fill (saves the page
     faults of a fresh allocation when featurizing many batches).
     """
-    elements = np.asarray(batch.elements)
-    amounts = np.asarray(batch.amounts, dtype=np.float64)
-    n = elements.shape[0]
+    n = np.asarray(batch.elements).shape[0]
     if out is None:
         out = np.empty((n, N_FEATURES), dtype=np.float64)
     elif out.shape != (n, N_FEATURES) or out.dtype != np.float64:
         raise ValueError(f"out must be a float64 array of shape {(n, N_FEATURES)}")
+    _compute(batch, out, columns=False)
+    return out
+
+
+def featurize_columns(batch, dtype=np.float32) -> np.ndarray:
+    """The same features feature-major: (145, n) in ``dtype``.
+
+    Computed in float64 exactly as :func:`featurize_batch` and cast once on the way
+    out; this is the layout Parquet columns and the file pipeline want, and it skips
+    the transpose (the engine works feature-major internally).
+    """
+    n = np.asarray(batch.elements).shape[0]
+    out = np.empty((N_FEATURES, n), dtype=dtype)
+    _compute(batch, out, columns=True)
+    return out
+
+
+def _compute(batch, out: np.ndarray, columns: bool) -> None:
+    elements = np.asarray(batch.elements)
+    amounts = np.asarray(batch.amounts, dtype=np.float64)
+    n = elements.shape[0]
     if n == 0:
-        return out
+        return
     if elements.ndim != 2 or elements.shape[1] == 0:
         out[:] = np.nan
-        return out
+        return
     real = elements != 0
     if (real[:, 1:] & ~real[:, :-1]).any():  # not left-packed: move elements left
         order = np.argsort(~real, axis=1, kind="stable")
@@ -102,7 +121,7 @@ def featurize_batch(batch, out: np.ndarray | None = None) -> np.ndarray:
     tables = _Tables.get()
     widths = np.bincount(n_el[~bad], minlength=1)
     buf = np.empty((N_FEATURES, min(_CHUNK, n)))
-    rowbuf = np.empty((min(_CHUNK, n), N_FEATURES))
+    rowbuf = None if columns else np.empty((min(_CHUNK, n), N_FEATURES))
     with np.errstate(all="ignore"):
         if widths[1:].max(initial=0) == n:  # one width, no errors: contiguous blocks
             k = int(np.flatnonzero(widths)[0])
@@ -110,7 +129,10 @@ def featurize_batch(batch, out: np.ndarray | None = None) -> np.ndarray:
                 stop = min(start + _CHUNK, n)
                 res = buf[:, : stop - start]
                 _featurize_block(elements[start:stop, :k], amounts[start:stop, :k], res, tables)
-                _transpose_into(out[start:stop], res)
+                if columns:
+                    out[:, start:stop] = res
+                else:
+                    _transpose_into(out[start:stop], res)
         else:
             # Rows grouped by their number of elements: no padding inside a block.
             for k in np.flatnonzero(widths)[::-1]:
@@ -121,12 +143,17 @@ def featurize_batch(batch, out: np.ndarray | None = None) -> np.ndarray:
                     idx = rows[start : start + _CHUNK]
                     res = buf[:, : len(idx)]
                     _featurize_block(elements[idx, :k], amounts[idx, :k], res, tables)
-                    rows_out = rowbuf[: len(idx)]
-                    _transpose_into(rows_out, res)
-                    out[idx] = rows_out
+                    if columns:
+                        out[:, idx] = res
+                    else:
+                        rows_out = rowbuf[: len(idx)]
+                        _transpose_into(rows_out, res)
+                        out[idx] = rows_out
     if bad.any():
-        out[bad] = np.nan
-    return out
+        if columns:
+            out[:, bad] = np.nan
+        else:
+            out[bad] = np.nan
 
 
 def _transpose_into(dst: np.ndarray, src: np.ndarray) -> None:

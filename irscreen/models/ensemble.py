@@ -22,7 +22,7 @@ from irscreen.train import Scaler
 
 #: Rows per inference call: measured fastest on a 2-core AVX-512 CPU (activations stay in cache;
 #: docs/benchmarks.md), and large enough to keep a GPU busy with several members.
-INFER_BATCH = 512
+INFER_BATCH = {"cpu": 512, "cuda": 65536}
 
 
 class Model:
@@ -63,14 +63,24 @@ class Model:
         return self._engines[key]
 
     def predict_members(self, X: np.ndarray, precision: str = "fp32", device: str = "cpu",
-                        batch: int = INFER_BATCH) -> np.ndarray:
-        """Raw features (n, F) -> per-member predictions (members, n) float32, target units."""
+                        batch: int | None = None) -> np.ndarray:
+        """Raw features (n, F) -> per-member predictions (members, n) float32, target units.
+
+        Rows are computed independently of one another: a row's prediction does not
+        depend on which other rows share its call (tests check predict == screen)."""
         eng = self.engine(precision, device)
+        batch = batch or INFER_BATCH.get(device, 512)
         Z = self.scaler.transform(X)
         out = np.empty((self.n_members, len(Z)), dtype=np.float32)
         for i in range(0, len(Z), batch):
-            y = eng(torch.from_numpy(Z[i : i + batch]))
-            out[:, i : i + batch] = y.cpu().numpy()
+            z = Z[i : i + batch]
+            n = len(z)
+            if n < batch:
+                # every call has the same GEMM shape: BLAS picks kernels (and summation order)
+                # by shape, so a row's prediction must not depend on how many rows share its call
+                z = np.concatenate([z, np.zeros((batch - n, z.shape[1]), z.dtype)])
+            y = eng(torch.from_numpy(z))
+            out[:, i : i + n] = y[:, :n].cpu().numpy()
         return out * np.float32(self.scaler.y_std) + np.float32(self.scaler.y_mean)
 
     def predict_features(self, X: np.ndarray, precision: str = "fp32", device: str = "cpu",
