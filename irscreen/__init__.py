@@ -20,7 +20,7 @@ def __getattr__(name: str):
 
         return load_model
     if name == "screen":
-        from irscreen.screen import screen
+        from irscreen.screening import screen
 
         return screen
     raise AttributeError(f"module 'irscreen' has no attribute {name!r}")

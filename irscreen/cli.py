@@ -265,7 +265,7 @@ def predict(
 ) -> None:
     """Predict every row: prediction (ensemble mean) and uncertainty (ensemble std)."""
     from irscreen.io import open_table
-    from irscreen.screen import predict_file
+    from irscreen.screening import predict_file
 
     total = open_table(input).num_rows
     with RowProgress("predict", total) as bar:
@@ -308,7 +308,7 @@ def screen(
 ) -> None:
     """Rank candidates and keep the best K (memory independent of input size)."""
     from irscreen.io import open_table
-    from irscreen.screen import ScreenOptions, screen_file
+    from irscreen.screening import ScreenOptions, screen_file
 
     if sum([minimize, maximize, target_value is not None]) > 1:
         raise IrscreenError("choose one of --minimize, --maximize, --target-value")

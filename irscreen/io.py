@@ -76,7 +76,7 @@ class Table:
             if n:
                 yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
         except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as e:
-            raise IrscreenError(f"{self.path}: file is corrupt or truncated ({_first_line(e)})") from None
+            raise IrscreenError(f"{self.path}: cannot read it ({_first_line(e)}); is it corrupt or truncated?") from None
 
 
 def _first_line(e: Exception) -> str:

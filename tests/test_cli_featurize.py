@@ -192,6 +192,14 @@ def test_formula_column_option_names_missing_column(tmp_path):
     assert t.column("target").to_pylist() == [1.0]
 
 
+def test_numeric_formula_column_refused(tmp_path):
+    pq.write_table(pa.table({"formula": [1, 2, 3]}), tmp_path / "ints.parquet")
+    r = featurize_cli(tmp_path / "ints.parquet", "-o", tmp_path / "out.parquet")
+    assert_refused(r, "ints.parquet", "'formula'", "int64")
+    assert not (tmp_path / "out.parquet").exists()
+    assert no_partials(tmp_path)
+
+
 # --------------------------------------------------------------------------- row accounting
 
 

@@ -246,8 +246,25 @@ def test_cli_resume_after_interrupted_second_member_equals_uninterrupted(cli_bun
     assert not (bundle / "member-1.safetensors").exists()
     assert [p for p in ckpt.rglob("meta.json")]  # member 1's checkpoint is there
 
+    # watch which epochs the resumed run actually trains
+    import irscreen.train as train_mod
+
+    real_member, seen = train_mod.train_member, []
+
+    def spy(*args, **kwargs):
+        outer = kwargs.get("on_epoch")
+
+        def on_epoch(log):
+            seen.append((log.member, log.epoch))
+            if outer:
+                outer(log)
+
+        return real_member(*args, **{**kwargs, "on_epoch": on_epoch})
+
+    monkeypatch.setattr(train_mod, "train_member", spy)
     code, _, err = run_main(monkeypatch, capsys, *train_args(data, bundle, ckpt, "--resume"))
     assert code == 0, err
+    assert seen == [(1, 3), (1, 4), (1, 5)]  # member 0 kept, member 1 continued from its checkpoint
     assert BUNDLE_FILES <= {p.name for p in bundle.iterdir()}
     for k in (0, 1):
         assert_same_weights(member_tensors(bundle, k), member_tensors(reference, k))
@@ -267,7 +284,11 @@ def test_resume_with_different_settings_refused(cli_bundle, tmp_path, monkeypatc
     args[args.index("--lr") + 1] = "0.01"
     code, _, err = run_main(monkeypatch, capsys, *args)
     assert code == 2
-    assert "--resume" in err and len(err.strip().splitlines()) == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error:") and "different data or settings" in last and "--resume" in last
+    assert "Traceback" not in err
+    # the finished bundle it refused to touch is intact
+    assert (bundle / "member-1.safetensors").read_bytes() == (reference / "member-1.safetensors").read_bytes()
 
 
 def _arrays(n=160, f=12, seed=0):

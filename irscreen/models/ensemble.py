@@ -22,7 +22,7 @@ from irscreen.train import Scaler
 
 #: Rows per inference call: measured fastest on a 2-core AVX-512 CPU (activations stay in cache;
 #: docs/benchmarks.md), and large enough to keep a GPU busy with several members.
-INFER_BATCH = {"cpu": 512, "cuda": 65536}
+INFER_BATCH = {"cpu": 512, "cuda": 8192}
 
 
 class Model:
@@ -70,7 +70,7 @@ class Model:
         depend on which other rows share its call (tests check predict == screen)."""
         eng = self.engine(precision, device)
         batch = batch or INFER_BATCH.get(device, 512)
-        Z = self.scaler.transform(X)
+        Z = np.ascontiguousarray(self.scaler.transform(X))  # row slices must be contiguous for the GEMMs
         out = np.empty((self.n_members, len(Z)), dtype=np.float32)
         for i in range(0, len(Z), batch):
             z = Z[i : i + batch]
@@ -92,11 +92,11 @@ class Model:
                 out[f"member_{k}"] = P[k]
         return out
 
-    def predict(self, formulas, members: bool = False, precision: str = "fp32", device: str = "cpu"):
+    def predict(self, formulas, members: bool = False, precision: str = "mixed", device: str = "cpu"):
         """Formulas -> pandas DataFrame (formula, prediction, uncertainty[, member_k]).
 
         Invalid formulas raise :class:`irscreen.composition.FormulaError`; use the CLI
-        (or :func:`irscreen.screen.predict_table`) for files with row-level rejects."""
+        (or :func:`irscreen.screening.predict_file`) for files with row-level rejects."""
         import pandas as pd
 
         from irscreen.features import featurize_parsed

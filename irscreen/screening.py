@@ -19,9 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 import time
-import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -446,15 +444,3 @@ def _as_arrow(source) -> pa.Table:
     if hasattr(source, "columns") and hasattr(source, "iloc"):  # pandas
         return pa.Table.from_pandas(source, preserve_index=False)
     return pa.table({"formula": pa.array([None if f is None else str(f) for f in source], pa.string())})
-
-
-class _CallableModule(types.ModuleType):
-    """Importing this module (``from irscreen.screen import ...``, as the CLI does) makes the
-    package attribute ``irscreen.screen`` this module instead of the function :func:`screen`;
-    calling it calls the function, so ``irscreen.screen(...)`` works in any import order."""
-
-    def __call__(self, *args, **kwargs):
-        return screen(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
