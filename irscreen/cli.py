@@ -19,6 +19,7 @@ from rich.table import Table as RichTable
 
 from irscreen import __version__
 from irscreen.errors import IrscreenError
+from irscreen.pipeline import DEFAULT_BATCH_ROWS
 
 app = typer.Typer(
     name="irscreen",
@@ -111,7 +112,7 @@ def featurize(
     preset: str = typer.Option("magpie", help="Feature preset: magpie (145 Magpie descriptors) or fractions."),
     engine: str = typer.Option("fast", help="fast (vectorized) or matminer (the reference implementation)."),
     jobs: int = typer.Option(JOBS_DEFAULT, "--jobs", "-j", help="Worker processes (joblib)."),
-    batch_rows: int = typer.Option(65_536, help="Rows per batch (memory stays flat)."),
+    batch_rows: int = typer.Option(DEFAULT_BATCH_ROWS, help="Rows per batch (memory stays flat)."),
     rejects: Optional[Path] = typer.Option(None, help="Rejects file (default: OUTPUT.rejects.parquet)."),
 ) -> None:
     """Compute composition features for every row of INPUT."""
@@ -260,7 +261,7 @@ def predict(
     precision: str = typer.Option("mixed", help="mixed (bf16 branches, fp32 shortcuts), fp32 or bf16."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     jobs: int = typer.Option(JOBS_DEFAULT, "--jobs", "-j", help="Featurization worker processes."),
-    batch_rows: int = typer.Option(65_536),
+    batch_rows: int = typer.Option(DEFAULT_BATCH_ROWS),
     rejects: Optional[Path] = typer.Option(None, help="Rejects file (default: OUTPUT.rejects.parquet)."),
 ) -> None:
     """Predict every row: prediction (ensemble mean) and uncertainty (ensemble std)."""
@@ -302,7 +303,7 @@ def screen(
     precision: str = typer.Option("mixed", help="mixed (bf16 branches, fp32 shortcuts), fp32 or bf16."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     jobs: int = typer.Option(JOBS_DEFAULT, "--jobs", "-j", help="Featurization worker processes."),
-    batch_rows: int = typer.Option(65_536),
+    batch_rows: int = typer.Option(DEFAULT_BATCH_ROWS),
     rejects: Optional[Path] = typer.Option(None, help="Rejects file (default: OUTPUT.rejects.parquet)."),
     resume: bool = typer.Option(False, help="Continue a killed screen from its last completed batch."),
 ) -> None:

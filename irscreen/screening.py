@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from irscreen.composition import SYMBOLS, Z_OF
 from irscreen.errors import IrscreenError
 from irscreen.io import AtomicWriter, default_rejects_path, open_table
-from irscreen.pipeline import FeaturizedBatch, RejectsLog, Summary, featurize_table
+from irscreen.pipeline import DEFAULT_BATCH_ROWS, FeaturizedBatch, RejectsLog, Summary, featurize_table
 
 DEFAULT_PRECISION = "mixed"
 OUTPUT_COLUMNS = ("prediction", "uncertainty")
@@ -75,7 +75,7 @@ def _new_columns(schema: pa.Schema, names) -> None:
 
 
 def predict_file(input_path, output_path, *, model="formation-enthalpy", members=False, formula_column=None,
-                 precision=DEFAULT_PRECISION, device="auto", jobs=1, batch_rows=65_536, rejects_path=None,
+                 precision=DEFAULT_PRECISION, device="auto", jobs=1, batch_rows=DEFAULT_BATCH_ROWS, rejects_path=None,
                  progress=None) -> Summary:
     """Every valid row with its input columns plus prediction and uncertainty."""
     t0 = time.perf_counter()
@@ -305,7 +305,7 @@ class ScreenResult:
 
 
 def screen_file(input_path, output_path, opts: ScreenOptions, *, model="formation-enthalpy", formula_column=None,
-                device="auto", jobs=1, batch_rows=65_536, rejects_path=None, resume=False, progress=None,
+                device="auto", jobs=1, batch_rows=DEFAULT_BATCH_ROWS, rejects_path=None, resume=False, progress=None,
                 stop_after_batches: int | None = None) -> ScreenResult:
     """Screen INPUT for the best ``opts.top`` rows; writes OUTPUT (Parquet/CSV) and rejects.
 
@@ -414,7 +414,7 @@ def _finish(t: pa.Table) -> pa.Table:
 def screen(source, top: int = 100, *, model="formation-enthalpy", output=None, minimize=True, maximize=False,
            target_value=None, kappa=0.0, include_elements=(), exclude_elements=(), max_elements=None,
            max_per_system=None, unique=False, precision=DEFAULT_PRECISION, device="auto", jobs=1,
-           batch_rows=65_536, formula_column=None):
+           batch_rows=DEFAULT_BATCH_ROWS, formula_column=None):
     """Notebook API mirroring ``irscreen screen``: returns the shortlist as a pandas DataFrame.
 
     ``source``: a Parquet/CSV path, or in-memory formulas (list, pandas/polars DataFrame

@@ -19,7 +19,7 @@ def write_card(bundle: Path, manifest: dict, notes: str = "") -> None:
         "## Data",
         f"- Source: {data.get('source', 'unknown')}",
         f"- Rows: {data.get('rows', '?'):,} ({data.get('train_rows', '?'):,} train / {data.get('val_rows', '?'):,} validation)",
-        f"- Split: {data.get('split', '?')}",
+        f"- Split: {_split_text(data.get('split', {}))}",
         f"- Content sha256: `{data.get('sha256', '?')}`",
         f"- Licence: {data.get('license', 'see source')}",
         "",
@@ -62,3 +62,11 @@ def write_card(bundle: Path, manifest: dict, notes: str = "") -> None:
         lines += ["", notes]
     lines += ["", "## Citations"] + [f"- {c}" for c in m.get("citations", [])]
     (Path(bundle) / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def _split_text(split: dict) -> str:
+    if split.get("kind") == "random":
+        return f"random {split.get('val_frac', 0.1):.0%} validation (seed {split.get('seed', 0)}), the rest training"
+    if split.get("kind") == "column":
+        return f"rows marked 'val' in column {split.get('column')!r} validate, the rest train"
+    return str(split) or "?"
