@@ -81,7 +81,8 @@ def naive(model, formulas: list[str], jobs: int) -> dict:
         preds = [torch.cat([net(Z[i : i + 1024])[:, 0] for i in range(0, len(Z), 1024)]) for net in model.nets]
     t_inf = time.perf_counter() - t
     return {"rows": len(formulas), "featurize_s": t_feat, "inference_s": t_inf,
-            "rows_per_s": len(formulas) / (t_feat + t_inf), "pred": torch.stack(preds).mean(0).numpy()}
+            "rows_per_s": len(formulas) / (t_feat + t_inf),
+            "pred": torch.stack(preds).mean(0).numpy() * model.scaler.y_std + model.scaler.y_mean}
 
 
 def main() -> None:

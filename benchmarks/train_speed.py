@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from irscreen.models.irnet import Net  # noqa: E402
+from irscreen.train import TrainConfig, make_optimizer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "runs.json"
 
@@ -30,7 +31,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "runs.json"
 def seconds_per_epoch(X: np.ndarray, y: np.ndarray, arch: str, precision: str, batch: int, steps: int) -> float:
     torch.manual_seed(0)
     net = Net(X.shape[1], arch)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    opt = make_optimizer(net, TrainConfig(arch=arch))  # the optimizer `irscreen train` uses
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
     net.train()
 

@@ -109,7 +109,7 @@ def load_training_data(path, target: str, *, formula_column=None, preset="magpie
         y = tbl.column(target).cast(pa.float64()).to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         raise IrscreenError(f"{path}: target column {target!r} is not numeric") from None
-    y = np.where(np.isnan(y), np.nan, y) if y.dtype.kind == "f" else y.astype(float)
+    y = np.asarray(y, dtype=np.float64)  # nulls arrive as NaN and make the row unusable
     featurized = all(label in tbl.column_names for label in spec.labels)
     if featurized:
         X = np.column_stack([tbl.column(c).cast(pa.float32()).to_numpy(zero_copy_only=False) for c in spec.labels])
