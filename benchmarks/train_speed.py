@@ -73,8 +73,8 @@ def main() -> None:
     if RESULTS.exists():
         runs = json.loads(RESULTS.read_text())
         print()
-        print("CPU seconds to reach a validation MAE (bf16; epochs from the recorded learning curves x the")
-        print("measured bf16 seconds/epoch above; one-cycle schedules of the given length):")
+        print("CPU minutes to reach a validation MAE (epochs from the recorded learning curves x the")
+        print("measured seconds/epoch above for the run's precision; one-cycle schedules of the given length):")
         print()
         targets = [0.09, 0.08, 0.07, 0.065, 0.06]
         print("| run | " + " | ".join(f"MAE <= {t}" for t in targets) + " |")
@@ -83,7 +83,7 @@ def main() -> None:
             arch = run["config"]["arch"]
             if arch not in rates or run["config"].get("batch_size") != a.batch:
                 continue
-            spe = rates[arch]["bf16"]
+            spe = rates[arch][run["config"].get("precision", "bf16")]
             cells = []
             for t in targets:
                 ep = next((h["epoch"] for h in run["history"] if h["val_mae"] <= t), None)

@@ -28,7 +28,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
+# soft_wrap: never break a message or a path across lines (stderr is often a log file, 80 columns)
+err = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 JOBS_DEFAULT = os.cpu_count() or 1
@@ -90,9 +91,7 @@ def _summary(s, verb: str) -> None:
         f"[{'red' if s.rows_rejected else 'dim'}]{s.rows_rejected:,} rejected[/] "
         f"in {s.seconds:.1f} s ({s.rate:,.0f} rows/s)"
     )
-    # soft_wrap: never break a path across lines (stderr is often a log file, 80 columns)
-    err.print(f"output: {s.output}" + (f"   rejects: {s.rejects}" if s.rejects else ""), soft_wrap=True,
-              highlight=False)
+    err.print(f"output: {s.output}" + (f"   rejects: {s.rejects}" if s.rejects else ""), highlight=False)
 
 
 def _exit_for(s) -> None:
@@ -340,7 +339,7 @@ def screen(
         + (f" ({res.filtered:,} screened rows filtered out)" if res.filtered else "")
         + f" in {s.seconds:.1f} s ({s.rate:,.0f} rows/s)"
     )
-    err.print(f"output: {s.output}   rejects: {s.rejects}")
+    err.print(f"output: {s.output}   rejects: {s.rejects}", highlight=False)
     _exit_for(s)
 
 
@@ -376,7 +375,7 @@ def main() -> None:
     try:
         app()
     except IrscreenError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/] {e}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("[red]interrupted[/]")

@@ -127,9 +127,11 @@ def featurize_table(
     # up and memory grows with the input.)
     from collections import deque
 
-    from joblib.externals.loky import get_reusable_executor
+    # joblib's own wrapper of the reusable loky pool, shared with joblib.Parallel
+    # elsewhere in the process (a bare loky executor would break Parallel's bookkeeping)
+    from joblib.executor import get_memmapping_executor
 
-    executor = get_reusable_executor(max_workers=jobs)
+    executor = get_memmapping_executor(jobs)
     in_flight: deque = deque()
     for start, rb in source():
         in_flight.append((start, rb, executor.submit(featurize_formulas, formulas_of(rb), preset, engine)))
