@@ -195,11 +195,10 @@ def featurize_file(
 
     ``progress(rows_done, total_or_None)`` is called after every batch."""
     import time
-    from pathlib import Path
 
     from irscreen.errors import IrscreenError
     from irscreen.features import get_preset
-    from irscreen.io import AtomicWriter, default_rejects_path, open_table
+    from irscreen.io import open_table
 
     t0 = time.perf_counter()
     try:
@@ -217,20 +216,37 @@ def featurize_file(
     clash = sorted(set(table.columns) & set(spec.labels))
     if clash:
         raise IrscreenError(f"{table.path}: already has feature columns ({', '.join(clash[:3])}...); is it featurized?")
+    labels = [pa.field(label, pa.float32()) for label in spec.labels]
+
+    def with_features(fb: FeaturizedBatch) -> pa.RecordBatch:
+        schema = pa.schema(list(fb.rows.schema) + labels)
+        return pa.RecordBatch.from_arrays(list(fb.rows.columns) + [pa.array(col) for col in fb.XT], schema=schema)
+
+    batches = featurize_table(table, column, spec.name, engine, batch_rows, jobs)
+    summary = write_rows(table, batches, with_features, output_path, rejects_path, progress)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def write_rows(table: Table, batches, transform, output_path, rejects_path=None, progress=None) -> Summary:
+    """Drive featurized batches into OUTPUT (``transform(batch) -> record batch``) and
+    their rejects into the rejects file; both appear atomically, or neither."""
+    from pathlib import Path
+
+    from irscreen.errors import IrscreenError
+    from irscreen.io import AtomicWriter, default_rejects_path
+
     output_path = Path(output_path)
     rejects_path = Path(rejects_path) if rejects_path else default_rejects_path(output_path)
     summary = Summary(output=str(output_path), rejects=str(rejects_path))
     writer = None
     rejects = RejectsLog(rejects_path)
     try:
-        for fb in featurize_table(table, column, spec.name, engine, batch_rows, jobs):
+        for fb in batches:
+            rb = transform(fb)
             if writer is None:
-                schema = fb.rows.schema
-                for label in spec.labels:
-                    schema = schema.append(pa.field(label, pa.float32()))
-                writer = AtomicWriter(output_path, schema)
-            cols = list(fb.rows.columns) + [pa.array(col) for col in fb.XT]
-            writer.write(pa.RecordBatch.from_arrays(cols, schema=writer.schema))
+                writer = AtomicWriter(output_path, rb.schema)
+            writer.write(rb)
             rejects.add(fb.rejects)
             summary.rows_read += fb.n_in
             summary.rows_ok += fb.rows.num_rows
@@ -246,5 +262,4 @@ def featurize_file(
             writer.abort()
         rejects.abort()
         raise
-    summary.seconds = time.perf_counter() - t0
     return summary

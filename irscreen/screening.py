@@ -31,7 +31,14 @@ import pyarrow.parquet as pq
 from irscreen.composition import SYMBOLS, Z_OF
 from irscreen.errors import IrscreenError
 from irscreen.io import AtomicWriter, default_rejects_path, open_table
-from irscreen.pipeline import DEFAULT_BATCH_ROWS, FeaturizedBatch, RejectsLog, Summary, featurize_table
+from irscreen.pipeline import (
+    DEFAULT_BATCH_ROWS,
+    FeaturizedBatch,
+    RejectsLog,
+    Summary,
+    featurize_table,
+    write_rows,
+)
 
 DEFAULT_PRECISION = "mixed"
 OUTPUT_COLUMNS = ("prediction", "uncertainty")
@@ -86,37 +93,18 @@ def predict_file(input_path, output_path, *, model="formation-enthalpy", members
     column = table.formula_column(formula_column)
     extra = list(OUTPUT_COLUMNS) + ([f"member_{k}" for k in range(m.n_members)] if members else [])
     _new_columns(pa.schema([pa.field(c, pa.null()) for c in table.columns]), extra)
-    output_path = Path(output_path)
-    rejects_path = Path(rejects_path) if rejects_path else default_rejects_path(output_path)
-    s = Summary(output=str(output_path), rejects=str(rejects_path))
-    writer, rejects = None, RejectsLog(rejects_path)
-    try:
-        for fb in featurize_table(table, column, m.preset, "fast", batch_rows, jobs):
-            P = m.predict_members(fb.X, precision, dev)
-            cols = {"prediction": P.mean(0), "uncertainty": P.std(0)}
-            if members:
-                cols.update({f"member_{k}": P[k] for k in range(len(P))})
-            rb = fb.rows
-            for name, values in cols.items():
-                rb = rb.append_column(pa.field(name, pa.float32()), pa.array(values.astype(np.float32)))
-            if writer is None:
-                writer = AtomicWriter(output_path, rb.schema)
-            writer.write(rb)
-            rejects.add(fb.rejects)
-            s.rows_read += fb.n_in
-            s.rows_ok += fb.rows.num_rows
-            s.rows_rejected += fb.rejects.num_rows
-            if progress:
-                progress(s.rows_read, table.num_rows)
-        if writer is None:
-            raise IrscreenError(f"{table.path}: file has no rows")
-        writer.commit()
-        rejects.commit()
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        rejects.abort()
-        raise
+    def with_predictions(fb: FeaturizedBatch) -> pa.RecordBatch:
+        P = m.predict_members(fb.X, precision, dev)
+        cols = {"prediction": P.mean(0), "uncertainty": P.std(0)}
+        if members:
+            cols.update({f"member_{k}": P[k] for k in range(len(P))})
+        rb = fb.rows
+        for name, values in cols.items():
+            rb = rb.append_column(pa.field(name, pa.float32()), pa.array(values.astype(np.float32)))
+        return rb
+
+    batches = featurize_table(table, column, m.preset, "fast", batch_rows, jobs)
+    s = write_rows(table, batches, with_predictions, output_path, rejects_path, progress)
     s.seconds = time.perf_counter() - t0
     return s
 

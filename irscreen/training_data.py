@@ -53,7 +53,6 @@ def _read_columns(path: Path, columns: list[str], formula_column: str | None):
 
 
 def _featurize_cached(formulas_arr, preset: str, jobs: int, console) -> tuple[np.ndarray, list]:
-    import pyarrow as pa
 
     from irscreen.features import get_preset
     from irscreen.pipeline import featurize_formulas

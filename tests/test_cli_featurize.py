@@ -3,7 +3,6 @@ lost silently (rows in = rows out + rejects), features identical to the library'
 parallel and batched runs identical to serial ones, and atomic output."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
