@@ -120,27 +120,29 @@ def featurize_table(
             yield _split(start, rb, column, *featurize_formulas(formulas_of(rb), preset, engine))
         return
 
-    # joblib's process pool (loky), driven here with an explicit bound: at most jobs + 1
-    # batches are in flight beyond the one being consumed. (Parallel(return_as=
-    # "generator") dispatches on completion, not on consumption, so when the consumer
-    # is the slower side - writing Parquet, or model inference - finished batches pile
-    # up and memory grows with the input.)
+    # A private pool of joblib's process backend (loky), driven with an explicit bound:
+    # at most jobs + 1 batches submitted and not yet consumed. joblib.Parallel(return_as=
+    # "generator") dispatches on completion, not on consumption, so when the consumer is
+    # the slower side (writing Parquet, model inference) finished batches pile up and
+    # memory grows with the input. (The global reusable loky pool belongs to Parallel and
+    # is not shared with it.)
     from collections import deque
 
-    # joblib's own wrapper of the reusable loky pool, shared with joblib.Parallel
-    # elsewhere in the process (a bare loky executor would break Parallel's bookkeeping)
-    from joblib.executor import get_memmapping_executor
+    from joblib.externals.loky import ProcessPoolExecutor
 
-    executor = get_memmapping_executor(jobs)
+    executor = ProcessPoolExecutor(max_workers=jobs)
     in_flight: deque = deque()
-    for start, rb in source():
-        in_flight.append((start, rb, executor.submit(featurize_formulas, formulas_of(rb), preset, engine)))
-        if len(in_flight) > jobs:
+    try:
+        for start, rb in source():
+            in_flight.append((start, rb, executor.submit(featurize_formulas, formulas_of(rb), preset, engine)))
+            if len(in_flight) > jobs:
+                start0, rb0, fut = in_flight.popleft()
+                yield _split(start0, rb0, column, *fut.result())
+        while in_flight:
             start0, rb0, fut = in_flight.popleft()
             yield _split(start0, rb0, column, *fut.result())
-    while in_flight:
-        start0, rb0, fut = in_flight.popleft()
-        yield _split(start0, rb0, column, *fut.result())
+    finally:  # also when the consumer stops early (an error, a simulated kill)
+        executor.shutdown(wait=False, kill_workers=True)
 
 
 @dataclass
