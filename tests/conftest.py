@@ -29,3 +29,15 @@ def _require_data(name: str) -> Path:
 def shared_data():
     """Callable: shared_data('oqmd_dhf.parquet') -> Path, skipping/failing when absent."""
     return _require_data
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors on a shared 2-core machine: one intra-op thread avoids OpenMP
+    spin-waiting against other processes (10x slower steps when the CPU is busy)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

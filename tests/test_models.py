@@ -24,14 +24,7 @@ from irscreen.models.irnet import PRESETS, FoldedEnsemble, Net, fold, n_paramete
 N_FEATURES = 145  # the magpie preset
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread avoids OpenMP
-    spin-waiting against other processes (10x slower steps when the CPU is busy)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # --------------------------------------------------------------------------- architectures
 

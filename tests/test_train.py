@@ -29,14 +29,7 @@ BUNDLE_FILES = {"manifest.json", "member-0.safetensors", "member-1.safetensors",
                 "parity.png"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread avoids OpenMP
-    spin-waiting against other processes (10x slower steps when the CPU is busy)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)
