@@ -168,25 +168,28 @@ def _element_filter(opts: ScreenOptions, elements: np.ndarray) -> np.ndarray:
     return keep
 
 
-def _keys(elements: np.ndarray, fractions: np.ndarray, unique: bool) -> np.ndarray:
-    """Chemical system ('Fe-Li-O', alphabetical) or, with ``unique``, the reduced
-    composition (system + atomic fractions), one string per row."""
-    out = np.empty(len(elements), dtype=object)
-    for i in range(len(elements)):
-        pairs = sorted((SYMBOLS[z], f) for z, f in zip(elements[i], fractions[i]) if z)
-        if unique:
-            out[i] = " ".join(f"{s}{f:.8g}" for s, f in pairs)
-        else:
-            out[i] = "-".join(s for s, _ in pairs)
-    return out
+def _keys(elements: np.ndarray, fractions: np.ndarray) -> tuple[list[str], list[str]]:
+    """Per row: the chemical system ('Fe-Li-O', alphabetical) and the reduced composition
+    (system plus atomic fractions, so Fe2O3 and Fe4O6 share one)."""
+    systems, comps = [], []
+    for zs, fs in zip(elements, fractions):
+        pairs = sorted((SYMBOLS[z], f) for z, f in zip(zs, fs) if z)
+        systems.append("-".join(s for s, _ in pairs))
+        comps.append(" ".join(f"{s}{f:.8g}" for s, f in pairs))
+    return systems, comps
 
 
 class TopK:
-    """The running best K rows: (score, input row number) ascending, with per-group caps."""
+    """The running best K rows, ordered by (score, input row number), with an optional
+    cap of rows per chemical system and an optional one row per reduced composition.
 
-    def __init__(self, k: int, cap: int | None = None, group_by_unique: bool = False):
-        self.k, self.cap = k, cap
-        self.table: pa.Table | None = None  # input columns + prediction, uncertainty, _score, _row[, _key]
+    A row turned away by either rule is worse than the rows that filled its place, so
+    it can never come back: applying the rules greedily per batch equals applying them
+    once to the fully sorted input."""
+
+    def __init__(self, k: int, per_system: int | None = None, unique: bool = False):
+        self.k, self.per_system, self.unique = k, per_system, unique
+        self.table: pa.Table | None = None  # input columns + prediction, uncertainty, _score, _row[, _system, _comp]
         self.schema: pa.Schema | None = None
 
     @property
@@ -206,21 +209,32 @@ class TopK:
         score = t.column("_score").to_numpy()
         row = t.column("_row").to_numpy()
         order = np.lexsort((row, score))
-        if self.cap is not None:
-            keys = t.column("_key").to_numpy(zero_copy_only=False)[order]
-            seen: dict = {}
-            keep = np.zeros(len(order), dtype=bool)
-            n = 0
-            for j, key in enumerate(keys):
-                c = seen.get(key, 0)
-                if c < self.cap:
-                    seen[key] = c + 1
-                    keep[j] = True
-                    n += 1
-                    if n == self.k:
-                        break
-            order = order[keep]
+        if self.per_system is not None or self.unique:
+            order = order[self._admit(t, order)]
         self.table = t.take(pa.array(order[: self.k]))
+
+    def _admit(self, t: pa.Table, order: np.ndarray) -> np.ndarray:
+        """Mask over ``order``: the rows the caps let in, walking best first."""
+        systems = t.column("_system").to_numpy(zero_copy_only=False)[order] if self.per_system else None
+        comps = t.column("_comp").to_numpy(zero_copy_only=False)[order] if self.unique else None
+        per_system: dict = {}
+        comps_taken: set = set()
+        keep = np.zeros(len(order), dtype=bool)
+        n = 0
+        for j in range(len(order)):
+            if comps is not None and comps[j] in comps_taken:
+                continue
+            if systems is not None and per_system.get(systems[j], 0) >= self.per_system:
+                continue
+            if comps is not None:
+                comps_taken.add(comps[j])
+            if systems is not None:
+                per_system[systems[j]] = per_system.get(systems[j], 0) + 1
+            keep[j] = True
+            n += 1
+            if n == self.k:
+                break
+        return keep
 
 
 def _fingerprint(path: Path) -> dict:
@@ -317,7 +331,7 @@ def screen_file(input_path, output_path, opts: ScreenOptions, *, model="formatio
         "options": asdict(opts), "column": column, "batch_rows": batch_rows, "device": dev, "irscreen": __version__,
     }
     state = _State(output_path, identity)
-    top = TopK(opts.top, 1 if opts.unique else opts.max_per_system)
+    top = TopK(opts.top, opts.max_per_system, opts.unique)
     counters = {"rows_done": 0, "batches": 0, "rejected": 0, "screened": 0, "filtered": 0}
     if resume:
         saved = state.load()
@@ -375,8 +389,9 @@ def _score_batch(fb: FeaturizedBatch, m, opts: ScreenOptions, dev: str) -> pa.Ta
     t = t.append_column("_score", pa.array(opts.score(mean.astype(np.float64), std.astype(np.float64))))
     t = t.append_column("_row", pa.array(row_numbers, pa.int64()))
     if opts.unique or opts.max_per_system:
-        keys = _keys(fb.elements[idx], fb.fractions[idx], opts.unique)
-        t = t.append_column("_key", pa.array(keys.tolist(), pa.string()))
+        systems, comps = _keys(fb.elements[idx], fb.fractions[idx])
+        t = t.append_column("_system", pa.array(systems, pa.string()))
+        t = t.append_column("_comp", pa.array(comps, pa.string()))
     return t
 
 

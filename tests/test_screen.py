@@ -159,7 +159,7 @@ def expected_shortlist(pred: pd.DataFrame, top: int, objective="minimize", targe
     else:
         score = np.abs(mean - target_value) + kappa * std
     order = np.lexsort((pred["id"].to_numpy(), score))
-    taken, seen = [], {}
+    taken, per_system, comps_taken = [], {}, set()
     for i in order:
         formula = pred["formula"].iat[i]
         els = set(composition(formula))
@@ -167,12 +167,13 @@ def expected_shortlist(pred: pd.DataFrame, top: int, objective="minimize", targe
             continue
         if max_elements is not None and len(els) > max_elements:
             continue
-        cap = 1 if unique else max_per_system
-        if cap is not None:
-            key = reduced_key(formula) if unique else system_key(formula)
-            if seen.get(key, 0) >= cap:
-                continue
-            seen[key] = seen.get(key, 0) + 1
+        comp, system = reduced_key(formula), system_key(formula)
+        if unique and comp in comps_taken:
+            continue
+        if max_per_system is not None and per_system.get(system, 0) >= max_per_system:
+            continue
+        comps_taken.add(comp)
+        per_system[system] = per_system.get(system, 0) + 1
         taken.append(i)
         if len(taken) == top:
             break
@@ -363,6 +364,16 @@ def test_unique_keeps_best_row_per_reduced_composition(candidates, tiny_model, p
     short = screen_file(candidates["path"], work / "unique10.parquet", ScreenOptions(top=10, unique=True),
                         model=tiny_model, device="cpu", jobs=1, batch_rows=400)
     assert_same_rows(short.to_pandas(), expected_shortlist(predicted, 10, unique=True))
+
+
+def test_unique_and_max_per_system_apply_together(candidates, tiny_model, predicted, work):
+    out = work / "unique-cap.parquet"
+    res = screen_file(candidates["path"], out, ScreenOptions(top=40, unique=True, max_per_system=2),
+                      model=tiny_model, device="cpu", jobs=1, batch_rows=400)
+    got = res.to_pandas()
+    assert got["formula"].map(reduced_key).is_unique
+    assert got["formula"].map(system_key).value_counts().max() <= 2
+    assert_same_rows(got, expected_shortlist(predicted, 40, unique=True, max_per_system=2))
 
 
 def test_filters_and_unique_through_cli(capsys, candidates, tiny_model, predicted, work):
