@@ -38,7 +38,7 @@ def _run(job: dict, features: str, out: str) -> dict:
     cfg = TrainConfig(**job["config"])
     scaler = Scaler.fit(X[tr], y[tr])
     Xs = scaler.transform(X)
-    ys = ((y - scaler.y_mean) / scaler.y_std).astype(np.float32)
+    ys = scaler.transform_y(y)
     t0 = time.perf_counter()
     res = train_member(Xs[tr], ys[tr], Xs[va], ys[va], cfg, member=job["member"])
     wall = time.perf_counter() - t0
@@ -60,8 +60,7 @@ def _run(job: dict, features: str, out: str) -> dict:
         "name": job["name"], "member": job["member"], "config": asdict(cfg), "seed": res.seed,
         "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "train_seconds": res.seconds, "wall": wall,
         "val_mae": res.best_val_mae * scaler.y_std, "file": name, "sha256": digest,
-        "history": [{**h, "train_mae": h["train_mae"] * scaler.y_std, "val_mae": h["val_mae"] * scaler.y_std}
-                    for h in res.history],
+        "history": scaler.history_in_units(res.history),
         "scaler": scaler.to_json(),
     }
     (run_dir / "result.json").write_text(json.dumps(info))

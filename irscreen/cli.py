@@ -325,9 +325,8 @@ def screen(
                           batch_rows=batch_rows, rejects_path=rejects, resume=resume, progress=bar)
     s = res.summary
     t = RichTable(title=f"Top {min(10, res.shortlist.num_rows)} of {res.shortlist.num_rows:,} ({objective})")
-    cols = ["rank", res.shortlist.column_names[1] if res.shortlist.num_columns > 1 else "", "prediction", "uncertainty"]
-    fcol = next((c for c in ("formula", "composition", formula_column) if c and c in res.shortlist.column_names), cols[1])
-    cols[1] = fcol
+    fcol = res.formula_column
+    cols = ["rank", fcol, "prediction", "uncertainty"]
     for c in cols:
         t.add_column(c, justify="right" if c != fcol else "left")
     for r in res.shortlist.slice(0, 10).select(cols).to_pylist():

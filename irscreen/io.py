@@ -62,7 +62,7 @@ class Table:
             if self.kind == "parquet":
                 yield from self._pq.iter_batches(batch_size=batch_rows)
                 return
-            reader = _open_csv(self.path, string_columns)
+            reader = _open_csv(self.path, self.columns, string_columns)
             pending: list[pa.RecordBatch] = []
             n = 0
             for rb in reader:
@@ -84,8 +84,7 @@ def _first_line(e: Exception) -> str:
     return text[0] if text else type(e).__name__
 
 
-def _open_csv(path: Path, string_columns: tuple[str, ...]):
-    header = _csv_header(path)
+def _open_csv(path: Path, header: list[str], string_columns: tuple[str, ...]):
     types = {c: pa.string() for c in header if c in string_columns or c in FORMULA_COLUMNS}
     return pacsv.open_csv(
         path,

@@ -48,15 +48,9 @@ OUTPUT_COLUMNS = ("prediction", "uncertainty")
 
 
 def _device(device: str) -> str:
-    import torch
+    from irscreen.train import pick_device
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise IrscreenError("--device cuda was requested but PyTorch sees no CUDA GPU")
-    if device not in ("cpu", "cuda"):
-        raise IrscreenError(f"unknown device {device!r} (auto, cpu, cuda)")
-    return device
+    return pick_device(device).type
 
 
 def _load(model):
@@ -301,6 +295,7 @@ class ScreenResult:
     filtered: int = 0
     cutoff: float = float("nan")
     options: dict = field(default_factory=dict)
+    formula_column: str = "formula"
 
     def to_pandas(self):
         return self.shortlist.to_pandas()
@@ -373,7 +368,7 @@ def screen_file(input_path, output_path, opts: ScreenOptions, *, model="formatio
     s = Summary(rows_read=counters["rows_done"], rows_ok=counters["screened"], rows_rejected=counters["rejected"],
                 seconds=time.perf_counter() - t0, output=str(output_path), rejects=str(rejects_path))
     cut = top.cutoff
-    return ScreenResult(s, shortlist, counters["screened"], counters["filtered"], cut, asdict(opts))
+    return ScreenResult(s, shortlist, counters["screened"], counters["filtered"], cut, asdict(opts), column)
 
 
 def _score_batch(fb: FeaturizedBatch, m, opts: ScreenOptions, dev: str) -> pa.Table:

@@ -129,6 +129,13 @@ class Scaler:
         Z = (np.asarray(X, dtype=np.float32) - self.x_mean.astype(np.float32)) / self.x_std.astype(np.float32)
         return np.nan_to_num(Z, nan=0.0, posinf=0.0, neginf=0.0)
 
+    def transform_y(self, y: np.ndarray) -> np.ndarray:
+        return ((np.asarray(y, dtype=np.float64) - self.y_mean) / self.y_std).astype(np.float32)
+
+    def history_in_units(self, history: list[dict]) -> list[dict]:
+        """A learning curve (MAEs on the standardized target) in target units."""
+        return [{**h, "train_mae": h["train_mae"] * self.y_std, "val_mae": h["val_mae"] * self.y_std} for h in history]
+
     def to_json(self) -> dict:
         return {"x_mean": self.x_mean.tolist(), "x_std": self.x_std.tolist(), "y_mean": self.y_mean, "y_std": self.y_std}
 
@@ -409,7 +416,7 @@ def train_ensemble(
             p.unlink()
     scaler = Scaler.from_json(manifest["scaler"])
     Xs = scaler.transform(X)
-    ys = ((np.asarray(y, dtype=np.float64) - scaler.y_mean) / scaler.y_std).astype(np.float32)
+    ys = scaler.transform_y(y)
     ckpt_root = Path(checkpoint_dir or DEFAULT_CHECKPOINT_DIR) / manifest["data"]["sha256"][:16]
 
     for k in range(len(manifest["members"]), cfg.ensemble):
@@ -427,10 +434,7 @@ def train_ensemble(
             "epochs_run": res.epochs_run,
             "train_seconds": round(res.seconds, 1),
             "val_mae": res.best_val_mae * scaler.y_std,  # in target units
-            "history": [
-                {**h, "train_mae": h["train_mae"] * scaler.y_std, "val_mae": h["val_mae"] * scaler.y_std}
-                for h in res.history
-            ],
+            "history": scaler.history_in_units(res.history),
             "n_parameters": n_parameters(Net(X.shape[1], cfg.arch)),
         })
         write_json_atomic(existing, manifest)

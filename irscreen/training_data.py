@@ -8,7 +8,7 @@ so retraining on the same data skips featurization.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,6 @@ class TrainingData:
     rows_rejected: int
     target: str
     scaler: object = None
-    notes: list = field(default_factory=list)
 
 
 def _read_columns(path: Path, columns: list[str], formula_column: str | None):

@@ -99,15 +99,10 @@ class Model:
         (or :func:`irscreen.screening.predict_file`) for files with row-level rejects."""
         import pandas as pd
 
-        from irscreen.features import featurize_parsed
-        from irscreen.composition import parse_batch, parse_formula
+        from irscreen.features import featurize
 
-        formulas = list(formulas)
-        batch = parse_batch(formulas)
-        for i, err in enumerate(batch.errors):
-            if err is not None:
-                parse_formula(formulas[i])  # raises the FormulaError naming the formula
-        X = featurize_parsed(batch, self.preset)
+        formulas = [formulas] if isinstance(formulas, str) else list(formulas)
+        X = featurize(formulas, self.preset).to_numpy(dtype=np.float32)  # FormulaError on a bad formula
         cols = self.predict_features(X, precision, device, members)
         return pd.DataFrame({"formula": formulas, **cols})
 
