@@ -32,7 +32,7 @@ def prepare(data: str, out: str) -> None:
 
     from irscreen.composition import parse_batch
     from irscreen.features import featurize_parsed
-    from irscreen.train import split_indices
+    from irscreen.data import split_indices
 
     df = pl.read_parquet(data)
     X = featurize_parsed(parse_batch(df["formula"].to_list())).astype(np.float32)

@@ -1,9 +1,9 @@
 """Train several recipes (or ensemble members) concurrently on one machine.
 
-Used for the training-recipe study in docs/benchmarks.md and to train the shipped
-bundles on a lent GPU, where one small network leaves the GPU mostly idle, so several
-training processes share it. Each job is one (recipe, member) pair and writes its best
-weights and learning curve; ``--bundle`` then assembles finished members into a bundle.
+Used for the training-recipe studies in docs/benchmarks.md and docs/models.md on a lent
+GPU, where one small network leaves the GPU mostly idle, so several training processes
+share it. Each job is one (recipe, member) pair and writes its best weights, validation
+predictions and learning curve. (Shipped bundles are built by ``irscreen build``.)
 
 Inputs are pre-featurized arrays so this runs where only numpy + torch exist:
 
@@ -30,7 +30,10 @@ import numpy as np  # noqa: E402
 def _run(job: dict, features: str, out: str) -> dict:
     import torch
 
-    from irscreen.train import Scaler, TrainConfig, save_member, train_member
+    from irscreen.config import TrainConfig
+    from irscreen.models.bundle import write_member
+    from irscreen.models.scaler import Scaler
+    from irscreen.train import train_member
 
     torch.set_num_threads(job.get("threads", 1))
     d = np.load(features)
@@ -46,7 +49,8 @@ def _run(job: dict, features: str, out: str) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     name = digest = None
     if job.get("save", True):
-        name, digest = save_member(run_dir, job["member"], res.state, cfg.storage)
+        name = f"member-{job['member']}.safetensors"
+        digest = write_member(run_dir / name, res.state, cfg.storage)
     # validation predictions of the best epoch, to score ensembles of finished members
     from irscreen.models.irnet import Net
 

@@ -18,7 +18,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table as RichTable
 
 from irscreen import __version__
-from irscreen.errors import IrscreenError
+from irscreen.config import DEFAULT_MODEL, DEFAULT_PRECISION, TRAIN_DEFAULTS
+from irscreen.errors import IrscreenError, IrscreenWarning
 from irscreen.pipeline import DEFAULT_BATCH_ROWS
 
 app = typer.Typer(
@@ -153,28 +154,31 @@ def models() -> None:
 # --------------------------------------------------------------------------- train
 
 
+_T = TRAIN_DEFAULTS  # every training option's default is TrainConfig's
+
+
 @app.command()
 def train(
     data: Path = typer.Argument(..., help="Parquet/CSV with a formula column (or already featurized) and the target."),
     target: str = typer.Option(..., "--target", "-t", help="Target column."),
     output: Path = typer.Option(..., "-o", "--output", help="Bundle directory to write."),
-    formula_column: Optional[str] = typer.Option(None, help="Formula column (default: 'formula', else 'composition')."),
-    preset: str = typer.Option("magpie", help="Feature preset."),
-    arch: str = typer.Option("irnet17", help="Architecture preset (irnet17, srnet17, plain17, *24, *48, irnet17-half) or string."),
-    ensemble: int = typer.Option(1, help="Ensemble members (differ by seed)."),
-    epochs: int = typer.Option(100),
-    batch_size: int = typer.Option(512),
-    lr: float = typer.Option(1e-3, help="Peak learning rate (one-cycle) or the constant rate."),
-    schedule: str = typer.Option("onecycle", help="onecycle or constant."),
-    optimizer: str = typer.Option("adamw", help="adamw or adam."),
-    weight_decay: float = typer.Option(1e-4),
-    patience: int = typer.Option(30, help="Stop after this many epochs without validation improvement (0: never)."),
+    formula_column: Optional[str] = typer.Option(None, help="Formula column (default: found by name)."),
+    preset: str = typer.Option("magpie", help="Feature preset: magpie, fractions or magpie-fractions."),
+    arch: str = typer.Option(_T.arch, help="Architecture preset (irnet17, srnet17, plain17, *24, *48, irnet17-half) or string."),
+    ensemble: int = typer.Option(_T.ensemble, help="Ensemble members (differ by seed)."),
+    epochs: int = typer.Option(_T.epochs),
+    batch_size: int = typer.Option(_T.batch_size),
+    lr: float = typer.Option(_T.lr, help="Peak learning rate (one-cycle) or the constant rate."),
+    schedule: str = typer.Option(_T.schedule, help="onecycle or constant."),
+    optimizer: str = typer.Option(_T.optimizer, help="adamw or adam."),
+    weight_decay: float = typer.Option(_T.weight_decay),
+    patience: int = typer.Option(_T.patience, help="Stop after this many epochs without validation improvement (0: never)."),
     val_frac: float = typer.Option(0.1, help="Random validation fraction (ignored with --split-column)."),
-    split_column: Optional[str] = typer.Option(None, help="Column whose value 'val' marks validation rows."),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    precision: str = typer.Option("bf16", help="bf16 (autocast) or fp32."),
-    storage: str = typer.Option("float16", help="Weight dtype in the bundle: float16 or float32."),
+    split_column: Optional[str] = typer.Option(None, help="Column labelling rows 'train' or 'val'; other labels are left out."),
+    seed: int = typer.Option(_T.seed),
+    device: str = typer.Option(_T.device, help="auto, cpu or cuda."),
+    precision: str = typer.Option(_T.precision, help="bf16 (autocast) or fp32."),
+    storage: str = typer.Option(_T.storage, help="Weight dtype in the bundle: float16 or float32."),
     resume: bool = typer.Option(False, help="Continue an interrupted run (finished members are kept)."),
     checkpoint_dir: Optional[Path] = typer.Option(None, help="Checkpoints (default: ~/.cache/irscreen/checkpoints)."),
     name: Optional[str] = typer.Option(None, help="Model name (default: the output directory name)."),
@@ -183,8 +187,9 @@ def train(
     jobs: int = typer.Option(JOBS_DEFAULT, "--jobs", "-j", help="Featurization worker processes."),
 ) -> None:
     """Train an IRNet ensemble into a model bundle."""
-    from irscreen.train import TrainConfig
-    from irscreen.training_data import load_training_data, train_bundle
+    from irscreen.config import TrainConfig
+    from irscreen.data import load_training_data
+    from irscreen.train import train_bundle
 
     cfg = TrainConfig(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule, optimizer=optimizer,
                       weight_decay=weight_decay, patience=patience, precision=precision, device=device, seed=seed,
@@ -192,23 +197,63 @@ def train(
     cfg.validate()
     td = load_training_data(data, target, formula_column=formula_column, preset=preset, jobs=jobs,
                             val_frac=val_frac, split_column=split_column, seed=seed, console=err)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=err) as prog:
-        tasks = {}
-
-        def on_epoch(log):
-            if log.member not in tasks:
-                tasks[log.member] = prog.add_task(f"member {log.member + 1}/{cfg.ensemble}", total=log.epochs, info="")
-            prog.update(tasks[log.member], completed=log.epoch,
-                        info=f"train MAE {log.train_mae * td.scaler.y_std:.4g}  val MAE {log.val_mae * td.scaler.y_std:.4g}"
-                             f"  best {log.best_val_mae * td.scaler.y_std:.4g}")
-
+    with _EpochProgress(cfg.ensemble, td.scaler.y_std) as on_epoch:
         manifest = train_bundle(td, cfg, output, name=name or output.name, units=units, description=description,
                                 resume=resume, checkpoint_dir=checkpoint_dir, on_epoch=on_epoch)
+    _trained(output, manifest, td)
+
+
+@app.command()
+def build(
+    name: str = typer.Argument(..., help="A shipped bundle: formation-enthalpy, band-gap, e-above-hull, formation-energy-mp."),
+    data_dir: Path = typer.Option(Path("../shared/data"), help="Directory holding the training data files."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Bundle directory (default: build/NAME)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted build (finished members are kept)."),
+    jobs: int = typer.Option(JOBS_DEFAULT, "--jobs", "-j", help="Featurization worker processes."),
+) -> None:
+    """Build a shipped model bundle from its recipe (the command its manifest records)."""
+    from irscreen.recipes import build as build_recipe, get_recipe, load_recipe_data
+
+    recipe = get_recipe(name)
+    td = load_recipe_data(recipe, data_dir, jobs=jobs, console=err)
+    with _EpochProgress(recipe.train.get("ensemble", 1), td.scaler.y_std) as on_epoch:
+        manifest = build_recipe(name, data_dir, output, resume=resume, td=td, on_epoch=on_epoch)
+    _trained(output or Path("build") / name, manifest, td)
+
+
+class _EpochProgress:
+    """One rich progress bar per ensemble member, with its MAEs in target units."""
+
+    def __init__(self, members: int, y_std: float):
+        self.members, self.y_std, self.tasks = members, y_std, {}
+        self.prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=err)
+
+    def __enter__(self):
+        self.prog.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.prog.__exit__(*exc)
+
+    def __call__(self, log) -> None:
+        if log.member not in self.tasks:
+            self.tasks[log.member] = self.prog.add_task(f"member {log.member + 1}/{self.members}", total=log.epochs, info="")
+        u = self.y_std
+        self.prog.update(self.tasks[log.member], completed=log.epoch,
+                         info=f"train MAE {log.train_mae * u:.4g}  val MAE {log.val_mae * u:.4g}  best {log.best_val_mae * u:.4g}")
+
+
+def _trained(output: Path, manifest: dict, td) -> None:
     val = manifest["metrics"]["validation"]
-    err.print(f"bundle: {output}  ({len(manifest['members'])} members)")
-    err.print(f"validation MAE: ensemble {val['mae']:.4g}; members "
-              + ", ".join(f"{m['mae']:.4g}" for m in val["members"]))
+    err.print(f"bundle: {output}  ({len(manifest['members'])} members; {len(td.train_idx):,} training rows, "
+              f"{len(td.val_idx):,} validation rows, {td.rows_rejected:,} rejected, {td.rows_left_out:,} left out by the split)")
+    err.print(f"validation MAE: ensemble {val['mae']:.4g}; members " + ", ".join(f"{m['mae']:.4g}" for m in val["members"]))
+    cal = manifest.get("calibration")
+    if cal:
+        cv = cal["validation_cross_fitted"]
+        err.print(f"uncertainty: 1 sigma covers {cv['within_1_sigma']:.1%}, 2 sigma {cv['within_2_sigma']:.1%} of "
+                  f"validation errors (cross-fitted); Spearman(sigma, |error|) {cv['spearman_sigma_abs_error']:.2f}")
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -217,7 +262,7 @@ def train(
 @app.command()
 def evaluate(
     data: Path = typer.Argument(..., help="Parquet/CSV with formulas and the target."),
-    model: str = typer.Option("formation-enthalpy", "--model", "-m", help="Shipped model name or bundle directory."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Shipped model name or bundle directory."),
     target: str = typer.Option(..., "--target", "-t", help="Target column."),
     formula_column: Optional[str] = typer.Option(None),
     split: str = typer.Option("all", help="all rows, or 'val'/'train': the bundle's own split of its training file."),
@@ -229,7 +274,7 @@ def evaluate(
     """Score a model on labelled data: MAE, RMSE, R², max error, per member and ensemble."""
     import json
 
-    from irscreen.training_data import evaluate_file
+    from irscreen.evaluate import evaluate_file
 
     res = evaluate_file(data, model, target, formula_column=formula_column, split=split, plot=plot,
                         precision=precision, jobs=jobs, console=None if json_out else err)
@@ -254,16 +299,16 @@ def evaluate(
 def predict(
     input: Path = typer.Argument(..., help="Parquet or CSV file with a formula column."),
     output: Path = typer.Option(..., "-o", "--output", help="Output Parquet (or .csv)."),
-    model: str = typer.Option("formation-enthalpy", "--model", "-m", help="Shipped model name or bundle directory."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Shipped model name or bundle directory."),
     members: bool = typer.Option(False, help="Also write each member's prediction (member_0, ...)."),
     formula_column: Optional[str] = typer.Option(None),
-    precision: str = typer.Option("mixed", help="mixed (bf16 branches, fp32 shortcuts), fp32 or bf16."),
+    precision: str = typer.Option(DEFAULT_PRECISION, help="mixed (bf16 branches, fp32 shortcuts), fp32 or bf16."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     jobs: int = typer.Option(JOBS_DEFAULT, "--jobs", "-j", help="Featurization worker processes."),
     batch_rows: int = typer.Option(DEFAULT_BATCH_ROWS),
     rejects: Optional[Path] = typer.Option(None, help="Rejects file (default: OUTPUT.rejects.parquet)."),
 ) -> None:
-    """Predict every row: prediction (ensemble mean) and uncertainty (ensemble std)."""
+    """Predict every row: prediction (ensemble mean), uncertainty (calibrated sigma), extrapolation."""
     from irscreen.io import open_table
     from irscreen.screening import predict_file
 
@@ -287,7 +332,7 @@ def _elements(text: Optional[str]) -> list[str]:
 def screen(
     input: Path = typer.Argument(..., help="Candidates: Parquet or CSV with a formula column, any size."),
     top: int = typer.Option(..., "--top", "-k", help="Shortlist size K."),
-    model: str = typer.Option("formation-enthalpy", "--model", "-m", help="Shipped model name or bundle directory."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Shipped model name or bundle directory."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Default: <input stem>.top<K>.parquet here."),
     minimize: bool = typer.Option(False, "--minimize", help="Lowest prediction first (the default)."),
     maximize: bool = typer.Option(False, "--maximize", help="Highest prediction first."),
@@ -299,7 +344,7 @@ def screen(
     max_per_system: Optional[int] = typer.Option(None, help="At most N rows per chemical system (e.g. Fe-Li-O)."),
     unique: bool = typer.Option(False, help="Keep only the best row per reduced composition."),
     formula_column: Optional[str] = typer.Option(None),
-    precision: str = typer.Option("mixed", help="mixed (bf16 branches, fp32 shortcuts), fp32 or bf16."),
+    precision: str = typer.Option(DEFAULT_PRECISION, help="mixed (bf16 branches, fp32 shortcuts), fp32 or bf16."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     jobs: int = typer.Option(JOBS_DEFAULT, "--jobs", "-j", help="Featurization worker processes."),
     batch_rows: int = typer.Option(DEFAULT_BATCH_ROWS),
@@ -326,12 +371,17 @@ def screen(
     s = res.summary
     t = RichTable(title=f"Top {min(10, res.shortlist.num_rows)} of {res.shortlist.num_rows:,} ({objective})")
     fcol = res.formula_column
-    cols = ["rank", fcol, "prediction", "uncertainty"]
+    cols = ["rank", fcol, "prediction", "uncertainty", "extrapolation"]
     for c in cols:
         t.add_column(c, justify="right" if c != fcol else "left")
     for r in res.shortlist.slice(0, 10).select(cols).to_pylist():
-        t.add_row(str(r["rank"]), str(r[fcol]), f"{r['prediction']:.4f}", f"{r['uncertainty']:.4f}")
+        t.add_row(str(r["rank"]), str(r[fcol]), f"{r['prediction']:.4f}", f"{r['uncertainty']:.4f}",
+                  "yes" if r["extrapolation"] else "")
     out.print(t)
+    n_extra = sum(res.shortlist.column("extrapolation").to_pylist()) if res.shortlist.num_rows else 0
+    if n_extra:
+        err.print(f"[yellow]{n_extra:,} shortlisted rows hold an element rare in the model's training data[/] "
+                  "(column extrapolation)")
     err.print(
         f"[bold]{s.rows_read:,}[/] rows read = [green]{s.rows_ok:,} screened[/] + "
         f"[{'red' if s.rows_rejected else 'dim'}]{s.rows_rejected:,} rejected[/]"
@@ -370,7 +420,17 @@ def generate(
               f"in {time.perf_counter() - t0:.1f} s")
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, IrscreenWarning):
+        err.print(f"[yellow]warning:[/] {message}", highlight=False)
+    else:
+        err.print(f"warning: {category.__name__}: {message}", highlight=False)
+
+
 def main() -> None:
+    import warnings
+
+    warnings.showwarning = _one_line_warning
     try:
         app()
     except IrscreenError as e:

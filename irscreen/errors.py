@@ -7,3 +7,8 @@ class IrscreenError(Exception):
     The message is a complete sentence naming what and where; the CLI prints it
     on one line without a traceback.
     """
+
+
+class IrscreenWarning(UserWarning):
+    """Something the user should know that does not stop the command; the CLI prints it
+    as one line on stderr."""

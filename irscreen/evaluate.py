@@ -1,7 +1,12 @@
-"""Regression metrics for a model bundle, per member and for the ensemble mean."""
+"""Scoring a model bundle on labelled data: per member, for the ensemble mean, and how
+well its uncertainty covers the errors."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from irscreen.errors import IrscreenError
 
 
 def metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
@@ -23,3 +28,42 @@ def evaluate_members(member_preds: np.ndarray, y_true: np.ndarray) -> dict:
     out = metrics(y_true, member_preds.mean(0))
     out["members"] = [metrics(y_true, p) for p in member_preds]
     return out
+
+
+def evaluate_file(path, model_name, target, *, formula_column=None, split="all", plot=None, precision="fp32",
+                  jobs=1, console=None) -> dict:
+    from irscreen.data import load_training_data
+    from irscreen.models.ensemble import load_model
+
+    model = load_model(model_name)
+    m = model.manifest
+    if split not in ("all", "val", "train"):
+        raise IrscreenError(f"--split must be all, val or train, not {split!r}")
+    split_seed = m.get("data", {}).get("split", {}).get("seed", 0)
+    split_frac = m.get("data", {}).get("split", {}).get("val_frac", 0.1)
+    split_col = m.get("data", {}).get("split", {}).get("column")
+    td = load_training_data(path, target, formula_column=formula_column, preset=model.preset, jobs=jobs,
+                            val_frac=split_frac, split_column=split_col if split != "all" else None,
+                            seed=split_seed, console=console)
+    if split != "all":
+        if td.data_sha256 != m.get("data", {}).get("sha256"):
+            raise IrscreenError(
+                f"{path} is not the file {model.name!r} was trained on (content hash differs), so its "
+                f"'{split}' split is undefined; use --split all"
+            )
+        idx = td.val_idx if split == "val" else td.train_idx
+    else:
+        idx = np.arange(len(td.y))
+    preds = model.predict_members(td.X[idx], precision=precision)
+    res = evaluate_members(preds, td.y[idx])
+    if model.n_members > 1:
+        from irscreen.models.calibration import coverage
+
+        res["uncertainty"] = coverage(model.uncertainty(preds), np.abs(preds.mean(0) - td.y[idx]))
+    res.update({"model": model.name, "split": split, "rejected": td.rows_rejected, "precision": precision})
+    if plot:
+        from irscreen import plots
+
+        label = f"{model.target} ({model.units})" if model.units else model.target
+        plots.parity(td.y[idx], preds.mean(0), label, Path(plot))
+    return res

@@ -14,13 +14,12 @@ given order), then by total atoms, then by amounts.  Columns: ``formula`` (strin
 
 Charge balance (``charge_balanced=True``) keeps a composition when some choice of one
 oxidation state per element from pymatgen's ``Element.common_oxidation_states`` makes
-the total charge exactly zero.  That is the data and the test of matminer's
-``IonProperty`` "compound possible" feature, as irscreen computes it
-(:func:`irscreen.features.elemdata.common_oxidation_states`), so every charge-balanced
-composition written here has "compound possible" = 1 and every one dropped has 0.  As
-in that feature, a single element counts as balanced (possible only with
-``min_elements=1``), and an element without common oxidation states (He, Ne, Ar, Rn,
-Z >= 105) never takes part in a balanced compound.  SMACT is not used.
+the total charge zero: :func:`irscreen.chemistry.charge_balanced_outer`, the test of
+the "compound possible" feature, so every charge-balanced composition written here has
+"compound possible" = 1 and every one dropped has 0.  As in that feature, a single
+element counts as balanced (possible only with ``min_elements=1``), and an element
+without common oxidation states (He, Ne, Ar, Rn, Z >= 105) never takes part in a
+balanced compound.  SMACT is not used.
 
 Sampling (``limit``): a uniform random subset of exactly ``limit`` rows of the
 (filtered) enumeration, chosen by Floyd's algorithm from ``seed``, written in
@@ -29,9 +28,9 @@ with ``charge_balanced`` the enumeration is walked twice, first to count the bal
 rows.  A ``limit`` at or above the size of the space writes the whole space.
 
 Everything is vectorized with numpy: the stoichiometry vectors for k elements are
-computed once, each block of element subsets is crossed with them, charge balance is a
-matrix product of the distinct oxidation-state choices with the stoichiometries, and the
-formula strings are assembled byte-wise straight into an Arrow string array.
+computed once, each block of element subsets is crossed with them (and tested for charge
+balance against all of them at once), and the formula strings are assembled byte-wise
+straight into an Arrow string array.
 """
 from __future__ import annotations
 
@@ -44,6 +43,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
+from irscreen.chemistry import charge_balanced_outer
 from irscreen.composition import Z_OF
 from irscreen.errors import IrscreenError
 
@@ -211,50 +211,6 @@ def _subset_blocks(n: int, k: int, per_block: int) -> Iterator[np.ndarray]:
         yield flat.reshape(-1, k)
 
 
-class _Oxidation:
-    """Common oxidation states of the given elements (local index), from irscreen's table."""
-
-    def __init__(self, symbols: Sequence[str]):
-        from irscreen.features.elemdata import common_oxidation_states
-
-        states, counts = common_oxidation_states()
-        z = np.array([Z_OF[s] for s in symbols])
-        self.counts = np.asarray(counts[z], dtype=np.int64)
-        width = max(int(self.counts.max()), 1)
-        self.states = np.nan_to_num(np.asarray(states[z, :width], dtype=np.float64))
-
-    def balanced(self, subsets: np.ndarray, stoich: np.ndarray) -> np.ndarray:
-        """(s, S) bool: subset i with stoichiometry r can be charge balanced."""
-        s, k = subsets.shape
-        n_stoich = stoich.shape[0]
-        if k == 1:  # an element on its own: balanced, as in IonProperty
-            return np.ones((s, n_stoich), dtype=bool)
-        out = np.zeros((s, n_stoich), dtype=bool)
-        counts = self.counts[subsets]  # (s, k)
-        live = np.flatnonzero((counts > 0).all(axis=1))
-        if live.size == 0:
-            return out
-        # Every choice of one state per element, subset by subset (owner ascending).
-        owner = np.arange(live.size)
-        columns: list[np.ndarray] = []
-        for j in range(k):
-            c = counts[live[owner], j]
-            rep = np.repeat(np.arange(owner.size), c)
-            pick = np.arange(rep.size) - (np.cumsum(c) - c)[rep]
-            owner = owner[rep]
-            columns = [col[rep] for col in columns]
-            columns.append(self.states[subsets[live[owner], j], pick])
-        choices = np.column_stack(columns)
-        distinct, inverse = np.unique(choices, axis=0, return_inverse=True)
-        # Small integers: the float product is exact.
-        zero = (distinct @ stoich.T.astype(np.float64)) == 0.0  # (U, S)
-        packed = np.packbits(zero, axis=1)[inverse.reshape(-1)]  # (C, ceil(S/8))
-        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
-        any_zero = np.bitwise_or.reduceat(packed, starts, axis=0)
-        out[live] = np.unpackbits(any_zero, axis=1, count=n_stoich).astype(bool)
-        return out
-
-
 def _token_ids(subsets: np.ndarray, stoich: np.ndarray, max_atoms: int, k_max: int) -> np.ndarray:
     """(R, k_max) int32 token ids (see _Tokens) for rows (subsets[i], stoich[i])."""
     out = np.zeros((subsets.shape[0], k_max), dtype=np.int32)
@@ -299,27 +255,27 @@ class _Tokens:
 # --------------------------------------------------------------------------- enumeration
 
 
-def _blocks(space: _Space, ox: _Oxidation | None, rows_per_block: int):
+def _blocks(space: _Space, charge_balanced: bool, rows_per_block: int):
     """Yield (subsets (s, k), stoich (S, k), mask (s, S) bool or None, n_rows) in
     enumeration order; mask None means every row is kept."""
     n = len(space.symbols)
+    z = np.array([Z_OF[sym] for sym in space.symbols])
     for k in range(space.k_min, space.k_max + 1):
         stoich = _stoichiometries(k, space.max_atoms)
         per_block = max(1, rows_per_block // stoich.shape[0])
         for subsets in _subset_blocks(n, k, per_block):
-            if ox is None:
+            if not charge_balanced:
                 yield subsets, stoich, None, subsets.shape[0] * stoich.shape[0]
             else:
-                mask = ox.balanced(subsets, stoich)
+                mask = charge_balanced_outer(z[subsets], stoich)
                 yield subsets, stoich, mask, int(np.count_nonzero(mask))
 
 
 def _rows(space: _Space, charge_balanced: bool, batch_rows: int, positions: np.ndarray | None):
     """Yield (ids (R, k_max) int32, n_elements (R,) int8, n_atoms (R,) int16) chunks;
     positions (sorted, in the filtered enumeration) selects rows when given."""
-    ox = _Oxidation(space.symbols) if charge_balanced else None
     seen = 0  # rows of the (filtered) enumeration before this block
-    for subsets, stoich, mask, n_rows in _blocks(space, ox, batch_rows):
+    for subsets, stoich, mask, n_rows in _blocks(space, charge_balanced, batch_rows):
         start = seen
         seen += n_rows
         if n_rows == 0:
@@ -453,8 +409,7 @@ def write_compositions(
     positions = None
     if limit is not None and limit < _count(space):
         if charge_balanced:
-            ox = _Oxidation(space.symbols)
-            total = sum(n for *_, n in _blocks(space, ox, batch_rows))
+            total = sum(n for *_, n in _blocks(space, True, batch_rows))
         else:
             total = _count(space)
         if limit < total:

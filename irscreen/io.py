@@ -2,8 +2,10 @@
 
 Input is read in record batches, so memory does not grow with file size. CSV is read
 with every formula-like column as a string: ``NaN`` is sodium nitride, not a missing
-value. Output goes to a temporary file beside the target and is renamed into place
-only when complete, so a crash never leaves a half-written file under the final name.
+value. A UTF-8 byte-order mark (as Excel writes) is not part of the first column's name,
+and the formula column is found by name in any case (:meth:`Table.find_formula_column`).
+Output goes to a temporary file beside the target and is renamed into place only when
+complete, so a crash never leaves a half-written file under the final name.
 """
 from __future__ import annotations
 
@@ -19,7 +21,20 @@ import pyarrow.parquet as pq
 
 from irscreen.errors import IrscreenError
 
-FORMULA_COLUMNS = ("formula", "composition")
+# Names a formula column goes by, in order of preference.
+FORMULA_COLUMNS = ("formula", "composition", "reduced_formula", "pretty_formula")
+_FORMULA_NAMES = frozenset(FORMULA_COLUMNS)
+
+
+def _visible(name: str) -> str:
+    """``name`` with invisible characters (zero-width space, BOM, control characters,
+    non-breaking space, ...) written as escapes, so an error message shows why a column
+    that looks like ``formula`` is not."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in name)
+
+
+def _column_list(columns: list[str]) -> str:
+    return ", ".join(_visible(c) for c in columns) or "none"
 
 
 def _kind(path: Path) -> str:
@@ -41,20 +56,33 @@ class Table:
     num_rows: int | None  # known up front for Parquet; None for CSV
     _pq: pq.ParquetFile | None = None
 
-    def formula_column(self, requested: str | None = None) -> str:
-        if requested:
-            if requested not in self.columns:
-                raise IrscreenError(
-                    f"{self.path}: no column {requested!r} (columns: {', '.join(self.columns) or 'none'})"
-                )
-            return requested
+    def find_formula_column(self) -> str | None:
+        """The formula column, or None: the first of FORMULA_COLUMNS present, an exact
+        name before one in other case (``formula`` wins over ``Composition``, which
+        wins over ``Reduced_Formula``); among other-case names, the first in the file."""
         for name in FORMULA_COLUMNS:
             if name in self.columns:
                 return name
-        raise IrscreenError(
-            f"{self.path}: no formula column (looked for {' or '.join(FORMULA_COLUMNS)}; columns: "
-            f"{', '.join(self.columns) or 'none'}); name it with --formula-column"
-        )
+        folded = [c.casefold() for c in self.columns]
+        for name in FORMULA_COLUMNS:
+            if name in folded:
+                return self.columns[folded.index(name)]
+        return None
+
+    def formula_column(self, requested: str | None = None) -> str:
+        """``requested`` (exact name) if given, else :meth:`find_formula_column`; a clear
+        IrscreenError when there is none."""
+        if requested:
+            if requested not in self.columns:
+                raise IrscreenError(f"{self.path}: no column {requested!r} (columns: {_column_list(self.columns)})")
+            return requested
+        found = self.find_formula_column()
+        if found is None:
+            raise IrscreenError(
+                f"{self.path}: no formula column (looked for {', '.join(FORMULA_COLUMNS)}, in any case; "
+                f"columns: {_column_list(self.columns)}); name it with --formula-column"
+            )
+        return found
 
     def batches(self, batch_rows: int, string_columns: tuple[str, ...] = ()) -> Iterator[pa.RecordBatch]:
         """Record batches of at most ``batch_rows`` rows (CSV blocks are re-cut to size)."""
@@ -85,7 +113,7 @@ def _first_line(e: Exception) -> str:
 
 
 def _open_csv(path: Path, header: list[str], string_columns: tuple[str, ...]):
-    types = {c: pa.string() for c in header if c in string_columns or c in FORMULA_COLUMNS}
+    types = {c: pa.string() for c in header if c in string_columns or c.casefold() in _FORMULA_NAMES}
     return pacsv.open_csv(
         path,
         read_options=pacsv.ReadOptions(block_size=8 << 20),
@@ -94,7 +122,9 @@ def _open_csv(path: Path, header: list[str], string_columns: tuple[str, ...]):
 
 
 def _csv_header(path: Path) -> list[str]:
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+    # utf-8-sig drops a byte-order mark, as pyarrow's CSV reader does: both must see
+    # the same first column name (column_types in _open_csv are keyed by it).
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
         first = f.readline()
     if not first.strip():
         raise IrscreenError(f"{path}: file is empty (no header line)")
@@ -154,11 +184,23 @@ class AtomicWriter:
         self._w.write_table(batch.cast(self.schema) if batch.schema != self.schema else batch)
         self.rows += batch.num_rows
 
-    def commit(self) -> Path:
+    def finish(self) -> tuple[Path, Path]:
+        """Close and flush the temporary file; returns (temporary, final) for
+        :func:`irscreen.atomic.commit_together`, which renames it into place."""
+        from irscreen.atomic import fsync_file
+
         self._w.close()
         os.chmod(self.tmp, 0o644)
-        os.replace(self.tmp, self.path)
-        return self.path
+        fsync_file(self.tmp)
+        return self.tmp, self.path
+
+    def commit(self) -> Path:
+        from irscreen.atomic import fsync_dir
+
+        tmp, path = self.finish()
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+        return path
 
     def abort(self) -> None:
         try:

@@ -35,12 +35,19 @@ class FeaturizedBatch:
         """(len(rows), F) view of the features."""
         return self.XT.T
 
+    def row_numbers(self) -> np.ndarray:
+        """Input row number of each featurized row (rejected rows removed)."""
+        mask = np.ones(self.n_in, dtype=bool)
+        if self.rejects.num_rows:
+            mask[self.rejects.column("row").to_numpy() - self.start] = False
+        return np.flatnonzero(mask) + self.start
+
 
 def featurize_formulas(formulas: pa.Array, preset: str, engine: str = "fast"):
     """Worker: formulas -> (features (F, n) float32, feature-major, NaN for failed rows;
     per-row error or None; element numbers (n, k); atomic fractions (n, k))."""
     from irscreen.composition import parse_batch
-    from irscreen.features import featurize_parsed_columns, get_preset
+    from irscreen.features import featurize_parsed_columns, get_preset, nonfinite_errors
 
     batch = parse_batch(formulas)
     errors = list(batch.errors)
@@ -55,11 +62,9 @@ def featurize_formulas(formulas: pa.Array, preset: str, engine: str = "fast"):
         XT = np.ascontiguousarray(X.T, dtype=np.float32)
     else:
         XT = featurize_parsed_columns(batch, preset, np.float32)
-    # a row that parsed but has no finite feature at all (e.g. an element the preset does
-    # not cover) cannot be used by any model: reject it with the reason
-    dead = batch.ok & ~np.isfinite(XT).any(axis=0) if XT.shape[0] else batch.ok & False
-    for i in np.flatnonzero(dead):
-        errors[i] = f"cannot featurize {formulas[int(i)].as_py()!r} with preset {preset!r} (an element it does not cover)"
+    # a row with a non-finite feature the preset does not allow to be missing is a reject
+    # that names the feature: no model ever sees a silently filled value
+    errors = nonfinite_errors(XT, preset, formulas, errors)
     return XT, errors, batch.elements, batch.fractions()
 
 
@@ -174,8 +179,8 @@ class RejectsLog:
             self._w.write(rejects)
             self.rows += rejects.num_rows
 
-    def commit(self):
-        return self._w.commit()
+    def finish(self):
+        return self._w.finish()
 
     def abort(self) -> None:
         self._w.abort()
@@ -230,16 +235,19 @@ def featurize_file(
     return summary
 
 
-def write_rows(table: Table, batches, transform, output_path, rejects_path=None, progress=None) -> Summary:
+def write_rows(table: Table, batches, transform, output_path, rejects_path=None, progress=None,
+               _after_rename=None) -> Summary:
     """Drive featurized batches into OUTPUT (``transform(batch) -> record batch``) and
-    their rejects into the rejects file; both appear atomically, or neither."""
+    their rejects into the rejects file; both are committed together, or neither."""
     from pathlib import Path
 
+    from irscreen.atomic import commit_together, recover
     from irscreen.errors import IrscreenError
     from irscreen.io import AtomicWriter, default_rejects_path
 
     output_path = Path(output_path)
     rejects_path = Path(rejects_path) if rejects_path else default_rejects_path(output_path)
+    recover(output_path)
     summary = Summary(output=str(output_path), rejects=str(rejects_path))
     writer = None
     rejects = RejectsLog(rejects_path)
@@ -257,8 +265,7 @@ def write_rows(table: Table, batches, transform, output_path, rejects_path=None,
                 progress(summary.rows_read, table.num_rows)
         if writer is None:
             raise IrscreenError(f"{table.path}: file has no rows")
-        writer.commit()
-        rejects.commit()
+        commit_together([writer.finish(), rejects.finish()], _after_rename=_after_rename)
     except BaseException:
         if writer is not None:
             writer.abort()

@@ -33,115 +33,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from irscreen import __version__
+from irscreen.config import TrainConfig
 from irscreen.errors import IrscreenError
-from irscreen.models.bundle import FORMAT, MANIFEST, sha256_file, write_json_atomic
+from irscreen.models import bundle as _bundle
+from irscreen.models.device import pick_device
 from irscreen.models.irnet import Net, n_parameters, parse_arch
+from irscreen.models.scaler import Scaler
 
 DEFAULT_CHECKPOINT_DIR = Path.home() / ".cache" / "irscreen" / "checkpoints"
-
-
-@dataclass
-class TrainConfig:
-    """Hyperparameters. Defaults are the fastest-to-accurate recipe measured on a
-    2-core AVX-512-BF16 CPU (docs/benchmarks.md); the paper's recipe is
-    ``optimizer='adam', lr=1e-4, batch_size=32, schedule='constant', precision='fp32'``."""
-
-    arch: str = "irnet17"
-    epochs: int = 100
-    batch_size: int = 512
-    lr: float = 1e-3
-    schedule: str = "onecycle"  # onecycle | constant
-    optimizer: str = "adamw"  # adamw | adam
-    weight_decay: float = 1e-4
-    patience: int = 30  # epochs without val improvement before stopping; 0 = never stop early
-    precision: str = "bf16"  # bf16 | fp32
-    device: str = "auto"
-    seed: int = 0
-    ensemble: int = 1
-    storage: str = "float16"  # dtype of Linear weights in the bundle: float16 | float32
-
-    def validate(self) -> None:
-        parse_arch(self.arch)
-        if self.schedule not in ("onecycle", "constant"):
-            raise IrscreenError(f"unknown schedule {self.schedule!r} (onecycle, constant)")
-        if self.optimizer not in ("adamw", "adam"):
-            raise IrscreenError(f"unknown optimizer {self.optimizer!r} (adamw, adam)")
-        if self.precision not in ("bf16", "fp32"):
-            raise IrscreenError(f"unknown precision {self.precision!r} (bf16, fp32)")
-        if self.storage not in ("float16", "float32"):
-            raise IrscreenError(f"unknown storage dtype {self.storage!r} (float16, float32)")
-        for name in ("epochs", "batch_size", "ensemble"):
-            if getattr(self, name) < 1:
-                raise IrscreenError(f"--{name.replace('_', '-')} must be >= 1")
-        if self.lr <= 0:
-            raise IrscreenError("--lr must be > 0")
-        if self.patience < 0:
-            raise IrscreenError("--patience must be >= 0")
-
-
-def pick_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise IrscreenError("--device cuda was requested but PyTorch sees no CUDA GPU")
-    if device not in ("cpu", "cuda"):
-        raise IrscreenError(f"unknown device {device!r} (auto, cpu, cuda)")
-    return torch.device(device)
-
-
-def split_indices(n: int, val_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded random train/validation split (the paper's 9:1 by default)."""
-    if not 0 < val_frac < 1:
-        raise IrscreenError("--val-frac must be between 0 and 1")
-    perm = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(n * val_frac)))
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
-
-
-def data_hash(formulas, y: np.ndarray) -> str:
-    """Content hash of a training set: formulas and targets, in order."""
-    h = hashlib.sha256()
-    for f in formulas:
-        h.update(str(f).encode())
-        h.update(b"\n")
-    h.update(np.ascontiguousarray(y, dtype=np.float64).tobytes())
-    return h.hexdigest()
-
-
-@dataclass
-class Scaler:
-    x_mean: np.ndarray
-    x_std: np.ndarray
-    y_mean: float
-    y_std: float
-
-    @classmethod
-    def fit(cls, X: np.ndarray, y: np.ndarray) -> "Scaler":
-        mean = np.nanmean(X, axis=0)
-        std = np.nanstd(X, axis=0)
-        mean = np.where(np.isfinite(mean), mean, 0.0)
-        std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
-        y_std = float(np.std(y)) or 1.0
-        return cls(mean.astype(np.float64), std.astype(np.float64), float(np.mean(y)), y_std)
-
-    def transform(self, X: np.ndarray) -> np.ndarray:
-        """Standardize; a missing value becomes the training mean (0 after scaling)."""
-        Z = (np.asarray(X, dtype=np.float32) - self.x_mean.astype(np.float32)) / self.x_std.astype(np.float32)
-        return np.nan_to_num(Z, nan=0.0, posinf=0.0, neginf=0.0)
-
-    def transform_y(self, y: np.ndarray) -> np.ndarray:
-        return ((np.asarray(y, dtype=np.float64) - self.y_mean) / self.y_std).astype(np.float32)
-
-    def history_in_units(self, history: list[dict]) -> list[dict]:
-        """A learning curve (MAEs on the standardized target) in target units."""
-        return [{**h, "train_mae": h["train_mae"] * self.y_std, "val_mae": h["val_mae"] * self.y_std} for h in history]
-
-    def to_json(self) -> dict:
-        return {"x_mean": self.x_mean.tolist(), "x_std": self.x_std.tolist(), "y_mean": self.y_mean, "y_std": self.y_std}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "Scaler":
-        return cls(np.asarray(d["x_mean"], float), np.asarray(d["x_std"], float), float(d["y_mean"]), float(d["y_std"]))
 
 
 @dataclass
@@ -332,56 +231,20 @@ def train_member(
     )
 
 
-# --------------------------------------------------------------------------- bundle writing
-
-
-def _member_tensors(state: dict, storage: str) -> dict:
-    """Linear weights/biases in the storage dtype; BatchNorm statistics stay float32
-    (a tiny variance would underflow in float16)."""
-    out = {}
-    for k, v in state.items():
-        v = v.detach().cpu().contiguous()
-        if v.is_floating_point():
-            is_bn = ".bn." in k
-            v = v.float() if (is_bn or storage == "float32") else v.to(torch.float16)
-        out[k] = v
-    return out
-
-
-def save_member(bundle: Path, index: int, state: dict, storage: str) -> tuple[str, str]:
-    name = f"member-{index}.safetensors"
-    tmp = bundle / f".{name}.tmp"
-    save_file(_member_tensors(state, storage), str(tmp))
-    tmp.replace(bundle / name)
-    return name, sha256_file(bundle / name)
-
-
-def new_manifest(*, name, target, units, description, preset, labels_hash, n_features, scaler: Scaler,
-                 cfg: TrainConfig, data: dict, citations: list[str]) -> dict:
-    return {
-        "format": FORMAT,
-        "name": name,
-        "target": target,
-        "units": units,
-        "description": description,
-        "features": {"preset": preset, "n_features": n_features, "labels_sha256": labels_hash},
-        "scaler": scaler.to_json(),
-        "architecture": parse_arch(cfg.arch).spec,
-        "arch_name": cfg.arch,
-        "members": [],
-        "data": data,
-        "hyperparameters": asdict(cfg),
-        "metrics": {},
-        "versions": {"irscreen": __version__, "torch": torch.__version__, "python": platform.python_version()},
-        "hardware": _hardware(cfg.device),
-        "citations": citations,
-    }
+# --------------------------------------------------------------------------- ensemble into a bundle
 
 
 def _hardware(device: str) -> str:
     if torch.cuda.is_available() and device in ("cuda", "auto"):
-        return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+        return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}), PyTorch {torch.__version__}"
+    cpu, amx = platform.processor() or platform.machine(), False
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
+        amx = "amx_bf16" in info
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}{' with AMX' if amx else ''}, {torch.get_num_threads()} threads, PyTorch {torch.__version__}"
 
 
 def train_ensemble(
@@ -405,7 +268,7 @@ def train_ensemble(
     cfg.validate()
     bundle = Path(bundle)
     bundle.mkdir(parents=True, exist_ok=True)
-    existing = bundle / MANIFEST
+    existing = bundle / _bundle.MANIFEST
     if resume and existing.exists():
         old = json.loads(existing.read_text())
         if old.get("hyperparameters") != manifest["hyperparameters"] or old.get("data", {}).get("sha256") != manifest["data"].get("sha256"):
@@ -425,10 +288,7 @@ def train_ensemble(
             Xs[train_idx], ys[train_idx], Xs[val_idx], ys[val_idx], cfg,
             member=k, checkpoint=ckpt, resume=resume, on_epoch=on_epoch,
         )
-        fname, digest = save_member(bundle, k, res.state, cfg.storage)
-        manifest["members"].append({
-            "file": fname,
-            "sha256": digest,
+        _bundle.add_member(bundle, manifest, res.state, cfg.storage, {
             "seed": res.seed,
             "best_epoch": res.best_epoch,
             "epochs_run": res.epochs_run,
@@ -437,7 +297,6 @@ def train_ensemble(
             "history": scaler.history_in_units(res.history),
             "n_parameters": n_parameters(Net(X.shape[1], cfg.arch)),
         })
-        write_json_atomic(existing, manifest)
         shutil.rmtree(ckpt, ignore_errors=True)
         if on_member:
             on_member(k, res)
@@ -448,20 +307,72 @@ def _cfg_key(cfg: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def finalize_bundle(bundle: Path, X_val: np.ndarray, y_val: np.ndarray, notes: str = "") -> dict:
-    """Score the finished ensemble on the validation rows, then write the metrics into
-    the manifest, the learning-curve and parity plots, and the model card."""
+def train_bundle(td, cfg: TrainConfig, output, *, name: str, units: str = "", description: str = "",
+                 target_name: str | None = None, data_info: dict | None = None, citations: list[str] | None = None,
+                 command: str | None = None, resume: bool = False, checkpoint_dir=None, on_epoch=None) -> dict:
+    """Train an ensemble on :class:`irscreen.data.TrainingData` into the bundle ``output``,
+    then score, calibrate and document it (:func:`finalize_bundle`)."""
+    from irscreen.features import get_preset
+
+    spec = get_preset(td.preset)
+    data = {
+        "source": str(td.path.name), "file": td.path.name, "rows": int(len(td.y)), "rows_read": td.rows_read,
+        "rows_rejected": td.rows_rejected, "rows_left_out": td.rows_left_out,
+        "train_rows": int(len(td.train_idx)), "val_rows": int(len(td.val_idx)), "sha256": td.data_sha256,
+        "split": td.split, "target_column": td.target, **(data_info or {}),
+    }
+    manifest = _bundle.new_manifest(
+        name=name, target=target_name or td.target, units=units, description=description or f"{td.target} from composition",
+        preset=spec.name, scaler=td.scaler, config=asdict(cfg), architecture=parse_arch(cfg.arch).spec, data=data,
+        citations=list(citations or [IRNET_CITATION]) + [c for c in spec.citations if c not in (citations or [])],
+        hardware=_hardware(cfg.device),
+        versions={"irscreen": __version__, "torch": torch.__version__, "python": platform.python_version()},
+    )
+    if command:
+        manifest["command"] = command
+    out = Path(output)
+    train_ensemble(td.X, td.y, td.train_idx, td.val_idx, cfg, out, manifest, checkpoint_dir=checkpoint_dir,
+                   resume=resume, on_epoch=on_epoch)
+    return finalize_bundle(out, td)
+
+
+IRNET_CITATION = ("D. Jha et al., Enabling deeper learning on big data for materials informatics applications, "
+                  "Sci. Rep. 11, 4244 (2021) [IRNet]")
+
+
+def element_counts(formulas) -> dict[str, int]:
+    """How many of ``formulas`` contain each element (for the extrapolation flag)."""
+    from irscreen.composition import SYMBOLS, parse_batch
+
+    z = np.asarray(parse_batch(list(formulas)).elements).astype(np.int64)
+    present = np.zeros((len(z), len(SYMBOLS)), dtype=bool)
+    rows = np.repeat(np.arange(len(z)), z.shape[1]) if z.size else np.zeros(0, int)
+    present[rows, z.ravel()] = True
+    counts = present[:, 1:].sum(axis=0)
+    return {SYMBOLS[i + 1]: int(c) for i, c in enumerate(counts) if c}
+
+
+def finalize_bundle(bundle: Path, td, notes: str = "") -> dict:
+    """Score the finished ensemble on the validation rows, calibrate its uncertainty
+    there, count the training compositions per element, then write the metrics into the
+    manifest, the learning-curve and parity plots, and the model card."""
     from irscreen import plots
     from irscreen.evaluate import evaluate_members
+    from irscreen.models.calibration import fit_calibration
     from irscreen.models.card import write_card
     from irscreen.models.ensemble import load_model
 
     bundle = Path(bundle)
     model = load_model(bundle)
+    X_val, y_val = td.X[td.val_idx], td.y[td.val_idx]
     preds = model.predict_members(X_val)
     manifest = model.manifest
     manifest["metrics"]["validation"] = evaluate_members(preds, y_val)
-    write_json_atomic(bundle / MANIFEST, manifest)
+    if len(preds) > 1:
+        manifest["calibration"] = fit_calibration(preds.std(0), preds.mean(0) - y_val)
+    manifest["elements"] = {"counts": element_counts([td.formulas[i] for i in td.train_idx]),
+                            "min_count": EXTRAPOLATION_MIN_COUNT}
+    _bundle.write_json_atomic(bundle / _bundle.MANIFEST, manifest)
     units = manifest.get("units", "")
     plots.learning_curve(manifest["members"], units, bundle / "learning_curve.png")
     label = f"{manifest.get('target')} ({units})" if units else str(manifest.get("target"))
@@ -470,3 +381,7 @@ def finalize_bundle(bundle: Path, X_val: np.ndarray, y_val: np.ndarray, notes: s
                  title=f"validation, n = {ens['n']:,}, ensemble MAE = {ens['mae']:.4f}")
     write_card(bundle, manifest, notes)
     return manifest
+
+
+#: A row with an element seen in fewer training compositions than this is flagged as extrapolation.
+EXTRAPOLATION_MIN_COUNT = 20

@@ -155,6 +155,36 @@ def test_charge_balanced_is_compound_possible():
     assert 0 < len(kept) < len(everything)
 
 
+def test_charge_balance_outer_is_pairwise():
+    """charge_balanced_outer (every subset x every stoichiometry, what generate uses) is
+    charge_balanced (one amount vector per composition, what the feature uses) on every
+    pair, and both are the brute-force definition; float amounts, padding and elements
+    without states included."""
+    from irscreen.chemistry import charge_balanced, charge_balanced_outer
+
+    rng = np.random.default_rng(5)
+    pool = np.array([0, 1, 3, 6, 7, 8, 9, 2, 16, 17, 25, 26, 53, 54, 83, 118])  # 0: padding, He, Og: no states
+    z = rng.choice(pool, size=(60, 4))
+    z[(z == 0).all(axis=1), 0] = 8  # no empty compositions
+    z[:5] = [[1, 0, 0, 0], [2, 0, 0, 0], [0, 26, 0, 0], [0, 0, 0, 118], [8, 0, 0, 0]]  # single elements, He and Og too
+    amounts = np.vstack([rng.integers(1, 7, size=(40, 4)), np.round(rng.uniform(0.1, 3, size=(20, 4)), 1)])
+    outer = charge_balanced_outer(z, amounts)
+    pairs = charge_balanced(np.repeat(z, len(amounts), axis=0), np.tile(amounts, (len(z), 1)))
+    np.testing.assert_array_equal(outer, pairs.reshape(outer.shape))
+    assert outer[:5].all() and 0 < outer.mean() < 1
+
+    def brute(zs, amts) -> bool:  # matminer's IonProperty(fast=True) loop
+        real = [(Element.from_Z(int(e)), a) for e, a in zip(zs, amts) if e]
+        if len(real) == 1:
+            return True
+        states = [el.common_oxidation_states for el, _ in real]
+        return any(np.isclose(np.dot(ox, [a for _, a in real]), 0) for ox in itertools.product(*states))
+
+    for i in range(0, len(z), 3):
+        for r in range(0, len(amounts), 7):
+            assert outer[i, r] == brute(z[i], amounts[r]), (z[i], amounts[r])
+
+
 # --------------------------------------------------------------------------- sampling
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 import irscreen
-from irscreen.errors import IrscreenError
+from irscreen.errors import IrscreenError, IrscreenWarning
 from irscreen.models.bundle import shipped_names, shipped_root
 from irscreen.models.ensemble import load_model
 from irscreen.models.irnet import PRESETS, FoldedEnsemble, Net, fold, n_parameters, parse_arch
@@ -334,10 +334,11 @@ def test_mixed_and_bf16_precision_close_to_fp32(shipped):
 def tiny_bundle(tmp_path_factory):
     """A 2-member bundle trained for a few epochs on a synthetic target that is a
     function of the Magpie features; returns (bundle dir, features, member states)."""
-    import irscreen.train as train_mod
-    import irscreen.training_data as td_mod
-    from irscreen.train import TrainConfig
-    from irscreen.training_data import load_training_data, train_bundle
+    import irscreen.data as td_mod
+    import irscreen.models.bundle as bundle_mod
+    from irscreen.config import TrainConfig
+    from irscreen.data import load_training_data
+    from irscreen.train import train_bundle
 
     root = tmp_path_factory.mktemp("tiny")
     formulas = _formulas() + [f"{c}{a}" for c in ("Li", "Na", "K") for a in ("Fe2O3", "TiO3", "MnO4", "CoO2")]
@@ -348,15 +349,15 @@ def tiny_bundle(tmp_path_factory):
     pq.write_table(pa.table({"formula": formulas, "y": y}), data)
 
     saved = {}
-    real_save = train_mod.save_member
+    real_add = bundle_mod.add_member
 
-    def recording_save(bundle, index, state, storage):
-        saved[index] = {k: v.clone() for k, v in state.items()}
-        return real_save(bundle, index, state, storage)
+    def recording_add(bundle, manifest, state, storage, info):
+        saved[len(manifest["members"])] = {k: v.clone() for k, v in state.items()}
+        return real_add(bundle, manifest, state, storage, info)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(td_mod, "CACHE_DIR", root / "cache")
-        mp.setattr(train_mod, "save_member", recording_save)
+        mp.setattr(bundle_mod, "add_member", recording_add)
         td = load_training_data(data, "y", seed=0)
         cfg = TrainConfig(arch="64BARx2-32BARx1-1", epochs=4, batch_size=32, lr=3e-3, patience=0,
                           precision="fp32", device="cpu", seed=0, ensemble=2, storage="float32")
@@ -456,3 +457,78 @@ def test_member_not_fitting_architecture_refused(bundle_copy):
     m["architecture"] = "64BARx2-16BARx1-1"
     mpath.write_text(json.dumps(m))
     refused(bundle_copy, "member-0.safetensors", "architecture")
+
+
+# --------------------------------------------------------------------------- manifest fields: calibration,
+# element counts, element data
+
+
+def _edit_manifest(bundle, edit):
+    mpath = bundle / "manifest.json"
+    m = json.loads(mpath.read_text())
+    edit(m)
+    mpath.write_text(json.dumps(m))
+
+
+def test_new_bundle_records_calibration_elements_and_element_data(tiny_bundle):
+    m = json.loads((tiny_bundle[0] / "manifest.json").read_text())
+    cal = m["calibration"]
+    assert cal["scale"] > 0 and cal["floor"] >= 0
+    for key in ("validation_fitted", "validation_cross_fitted", "raw_spread"):
+        assert 0 <= cal[key]["within_1_sigma"] <= cal[key]["within_2_sigma"] <= 1
+    counts = m["elements"]["counts"]
+    assert m["elements"]["min_count"] == 20
+    train_formulas = [tiny_bundle[1].formulas[i] for i in tiny_bundle[1].train_idx]
+    assert counts["Li"] == sum("Li" in f for f in train_formulas)
+    from irscreen.features import PROBE_FORMULAS, element_data_fingerprint
+
+    assert m["features"]["element_data"] == element_data_fingerprint()
+    assert m["features"]["probe"]["formulas"] == list(PROBE_FORMULAS)
+
+
+def test_calibration_is_applied_at_load(bundle_copy):
+    X = irscreen.featurize(_few_formulas()).to_numpy(np.float32)
+    raw = load_model(bundle_copy).predict_members(X)
+    _edit_manifest(bundle_copy, lambda m: m.update(calibration={"scale": 3.0, "floor": 0.0}))
+    model = load_model(bundle_copy)
+    np.testing.assert_allclose(model.outputs(raw)["uncertainty"], 3.0 * raw.std(0), rtol=1e-6)
+    _edit_manifest(bundle_copy, lambda m: m.update(calibration={"scale": 0.0, "floor": 0.25}))
+    np.testing.assert_allclose(load_model(bundle_copy).uncertainty(raw), 0.25, rtol=1e-6)
+    df = load_model(bundle_copy).predict(["NaCl", "Fe2O3"])
+    np.testing.assert_allclose(df["uncertainty"], 0.25, rtol=1e-6)
+
+
+def test_extrapolation_flag(bundle_copy):
+    _edit_manifest(bundle_copy, lambda m: m.update(elements={"counts": {"Fe": 25, "O": 30, "Cl": 19}, "min_count": 20}))
+    df = load_model(bundle_copy).predict(["Fe2O3", "FeO", "FeCl3", "NaCl", "O2"])
+    assert df["extrapolation"].tolist() == [False, False, True, True, False]
+
+
+def test_bundle_without_the_newer_fields_still_loads(bundle_copy):
+    def strip(m):
+        for key in ("calibration", "elements"):
+            m.pop(key, None)
+        for key in ("element_data", "probe"):
+            m["features"].pop(key, None)
+
+    _edit_manifest(bundle_copy, strip)
+    model = load_model(bundle_copy)
+    X = irscreen.featurize(["NaCl", "Fe2O3", "Li3FeO4"]).to_numpy(np.float32)
+    P = model.predict_members(X)
+    out = model.outputs(P, np.array([[11, 17, 0], [26, 8, 0], [3, 26, 8]]))
+    np.testing.assert_array_equal(out["uncertainty"], P.std(0))  # the raw spread
+    assert not out["extrapolation"].any()
+
+
+def test_other_element_data_warns_when_features_agree(bundle_copy):
+    _edit_manifest(bundle_copy, lambda m: m["features"]["element_data"].update(sha256="0" * 64, matminer="0.9.0"))
+    with pytest.warns(IrscreenWarning, match=r"matminer 0\.9\.0.*installed: matminer"):
+        load_model(bundle_copy)
+
+
+def test_other_element_data_refused_when_features_differ(bundle_copy):
+    def edit(m):
+        m["features"]["element_data"]["sha256"] = "0" * 64
+        m["features"]["probe"]["values"][0][10] *= 1.001  # one feature of Fe2O3, 1e-3 relative
+    _edit_manifest(bundle_copy, edit)
+    refused(bundle_copy, "other element data", "probe")

@@ -28,7 +28,8 @@ import torch
 import irscreen
 from irscreen import cli
 from irscreen.errors import IrscreenError
-from irscreen.screening import ScreenOptions, predict_file, screen_file
+from irscreen.io import default_rejects_path
+from irscreen.screening import ScreenOptions, TopK, predict_file, screen_file
 
 ELEMENTS = ["Li", "Na", "K", "Mg", "Ca", "Al", "Si", "Ti", "Fe", "Ni", "O", "S"]
 N_RANDOM = 3000
@@ -119,8 +120,9 @@ def candidates(work):
 @pytest.fixture(scope="session")
 def tiny_model(work) -> Path:
     """A 2-member 32-wide bundle trained for 3 epochs on a target computed from the features."""
-    from irscreen import training_data
-    from irscreen.train import TrainConfig
+    from irscreen import data as data_mod
+    from irscreen.config import TrainConfig
+    from irscreen.train import train_bundle
 
     formulas = random_formulas(400, seed=11)
     feats = irscreen.featurize(formulas).to_numpy(np.float64)
@@ -129,11 +131,11 @@ def tiny_model(work) -> Path:
     pq.write_table(pa.table({"formula": formulas, "y": y}), data)
     out = work / "tiny-bundle"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(training_data, "CACHE_DIR", work / "feature-cache")
-        td = training_data.load_training_data(data, "y", jobs=1, seed=0)
+        mp.setattr(data_mod, "CACHE_DIR", work / "feature-cache")
+        td = data_mod.load_training_data(data, "y", jobs=1, seed=0)
         cfg = TrainConfig(arch="32BARx2-1", epochs=3, batch_size=64, device="cpu", precision="fp32", seed=0,
                           ensemble=2, storage="float32")
-        training_data.train_bundle(td, cfg, out, name="tiny", units="au", checkpoint_dir=work / "ckpt")
+        train_bundle(td, cfg, out, name="tiny", units="au", checkpoint_dir=work / "ckpt")
     return out
 
 
@@ -247,7 +249,7 @@ def test_top_k_is_a_full_sort_of_predict(candidates, tiny_model, predicted, work
         assert res.shortlist.equals(pq.read_table(out))
         if top == BIG_K:  # K beyond the input: every valid row, ranked
             assert len(got) == len(predicted) == candidates["n"] - len(candidates["invalid"])
-            assert list(got.columns) == ["rank", "formula", "id", "tag", "weight", "prediction", "uncertainty"]
+            assert list(got.columns) == ["rank", "formula", "id", "tag", "weight", "prediction", "uncertainty", "extrapolation"]
 
 
 def test_ties_are_broken_by_input_order(candidates, tiny_model, predicted, work):
@@ -434,36 +436,84 @@ def test_all_rejected_exits_1_with_rejects(capsys, tiny_model, work, command):
 # --------------------------------------------------------------------------- resume
 
 
-def test_resume_after_kill_gives_identical_result(candidates, tiny_model, work):
-    opts = dict(top=60, kappa=1.5, max_per_system=2, exclude_elements=["K"])
-    kw = dict(model=tiny_model, device="cpu", jobs=1, batch_rows=450)
+class Killed(BaseException):
+    """A simulated kill (BaseException: no `except Exception` handler gets to tidy up)."""
+
+
+def kill_at(batch: int | None, point: str):
+    """A screen_file ``_kill`` hook raising Killed at ``point`` of the batch-th batch
+    (batch None: a point of the final write)."""
+    seen = {"batch": 0}
+
+    def hook(p):
+        if p == "rejects":  # the first commit point of every batch
+            seen["batch"] += 1
+        if p == point and (batch is None or seen["batch"] == batch):
+            raise Killed(p)
+
+    return hook
+
+
+RESUME_OPTS = dict(top=60, kappa=1.5, max_per_system=2, exclude_elements=["K"])
+
+
+@pytest.fixture(scope="module")
+def resume_reference(candidates, tiny_model, work):
     ref = work / "ref.parquet"
-    screen_file(candidates["path"], ref, ScreenOptions(**opts), **kw)
+    screen_file(candidates["path"], ref, ScreenOptions(**RESUME_OPTS), model=tiny_model, device="cpu", jobs=1,
+                batch_rows=450)
+    return pq.read_table(ref), pq.read_table(work / "ref.rejects.parquet")
 
-    out = work / "killed.parquet"
-    state = work / "killed.parquet.screen-state"
-    partial = screen_file(candidates["path"], out, ScreenOptions(**opts), stop_after_batches=2, **kw)
-    assert partial.summary.rows_read == 900
-    assert state.is_dir() and not out.exists()
 
+@pytest.mark.parametrize("batch,point", [(2, "rejects"), (2, "top"), (2, "commit"), (2, "cleanup"), (1, "top"),
+                                         (None, "final-write"), (None, "final-rename-0")])
+def test_resume_after_a_kill_at_any_commit_point(candidates, tiny_model, work, resume_reference, batch, point):
+    """Wherever in a batch the kill lands, the resumed shortlist is the uninterrupted one:
+    no row twice, none lost, the same rejects."""
+    kw = dict(model=tiny_model, device="cpu", jobs=1, batch_rows=450)
+    out = work / f"killed-{batch}-{point}.parquet"
+    with pytest.raises(Killed):
+        screen_file(candidates["path"], out, ScreenOptions(**RESUME_OPTS), _kill=kill_at(batch, point), **kw)
+    state = out.with_name(out.name + ".screen-state")
+    assert state.is_dir()
+    if point != "final-rename-0":  # before the final commit: no output, no rejects
+        assert not out.exists() and not default_rejects_path(out).exists()
+    res = screen_file(candidates["path"], out, ScreenOptions(**RESUME_OPTS), resume=True, **kw)
+    assert res.summary.rows_read == candidates["n"]
+    ref, ref_rejects = resume_reference
+    got = pq.read_table(out)
+    assert got.column("id").to_pylist() == ref.column("id").to_pylist()
+    assert len(set(got.column("id").to_pylist())) == got.num_rows  # no duplicates
+    assert got.equals(ref, check_metadata=True)
+    assert pq.read_table(default_rejects_path(out)).equals(ref_rejects)
+    assert ref_rejects.num_rows == len(candidates["invalid"])
+    assert not state.exists()
+
+
+def test_resume_refuses_other_options(candidates, tiny_model, work):
+    kw = dict(model=tiny_model, device="cpu", jobs=1, batch_rows=450)
+    out = work / "killed-options.parquet"
+    with pytest.raises(Killed):
+        screen_file(candidates["path"], out, ScreenOptions(**RESUME_OPTS), _kill=kill_at(2, "cleanup"), **kw)
+    state = out.with_name(out.name + ".screen-state")
     with pytest.raises(IrscreenError, match="other input, model or options"):
-        screen_file(candidates["path"], out, ScreenOptions(**{**opts, "kappa": 0.0}), resume=True, **kw)
+        screen_file(candidates["path"], out, ScreenOptions(**{**RESUME_OPTS, "kappa": 0.0}), resume=True, **kw)
     assert state.is_dir()  # a refused resume leaves the checkpoint alone
 
-    res = screen_file(candidates["path"], out, ScreenOptions(**opts), resume=True, **kw)
-    assert res.summary.rows_read == candidates["n"]
-    a, b = pq.read_table(ref), pq.read_table(out)
-    assert a.equals(b, check_metadata=True)
-    assert a.schema.equals(b.schema, check_metadata=True)
-    assert pq.read_table(work / "ref.rejects.parquet").equals(pq.read_table(work / "killed.rejects.parquet"))
-    assert pq.read_table(work / "killed.rejects.parquet").num_rows == len(candidates["invalid"])
-    assert not state.exists()
+
+def test_top_k_refuses_a_row_it_holds():
+    top = TopK(3)
+    batch = pa.table({"_score": [0.3, 0.1, 0.2], "_row": [0, 1, 2]})
+    top.offer(batch)
+    top.offer(batch)  # the same batch again, as a replayed resume would offer it
+    assert top.table.column("_row").to_pylist() == [1, 2, 0]
 
 
 def test_resume_refused_through_cli(capsys, candidates, tiny_model, work):
     out = work / "cli-killed.parquet"
     kw = dict(model=tiny_model, device="cpu", jobs=1, batch_rows=1000)
-    screen_file(candidates["path"], out, ScreenOptions(top=5), stop_after_batches=1, **kw)
+    with pytest.raises(Killed):
+        screen_file(candidates["path"], out, ScreenOptions(top=5), _kill=kill_at(1, "cleanup"), **kw)
     code, _, err = run_cli(capsys, "screen", candidates["path"], "--top", "6", "-m", tiny_model, "-j", "1",
                            "--device", "cpu", "--batch-rows", "1000", "-o", out, "--resume")
     assert_one_line_error(code, err, "screen-state", "--resume")

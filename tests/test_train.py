@@ -18,10 +18,11 @@ from typer.testing import CliRunner
 
 import irscreen
 import irscreen.cli as cli
-import irscreen.training_data as td_mod
+import irscreen.data as td_mod
+from irscreen.config import TrainConfig
+from irscreen.data import load_training_data
 from irscreen.errors import IrscreenError
-from irscreen.train import TrainConfig, train_member
-from irscreen.training_data import load_training_data, train_bundle
+from irscreen.train import train_bundle, train_member
 
 runner = CliRunner()
 TINY = "32BARx2-16BARx1-1"
@@ -186,6 +187,50 @@ def test_split_column(tmp_path, monkeypatch, capsys):
     res = json.loads(out)
     assert res["n"] == 48
     assert res["mae"] == pytest.approx(m["metrics"]["validation"]["mae"], rel=1e-9)
+
+
+def test_split_labels_train_val_and_left_out(tmp_path):
+    """'train' trains, 'val' validates, anything else ('test', blank) is left out and counted."""
+    formulas = synthetic_formulas()
+    y = synthetic_target(formulas)
+    labels = ["train", "val", "test", None, "Train", "VAL", "holdout", ""] * (len(formulas) // 8)
+    path = tmp_path / "labelled.parquet"
+    pq.write_table(pa.table({"formula": formulas, "energy": y, "split": labels}), path)
+    td = load_training_data(path, "energy", split_column="split")
+    train_f = {td.formulas[i] for i in td.train_idx}
+    val_f = {td.formulas[i] for i in td.val_idx}
+    by_label = {lab: {f for f, lab2 in zip(formulas, labels) if lab2 == lab} for lab in set(labels)}
+    assert train_f == by_label["train"] | by_label["Train"]
+    assert val_f == by_label["val"] | by_label["VAL"]
+    assert td.rows_left_out == len(formulas) // 2  # test, None, holdout, ''
+    assert not (train_f | val_f) & (by_label["test"] | by_label["holdout"])
+
+
+@pytest.mark.parametrize("labels", [["a", "b"], ["train", "test"], ["val", "test"], [None, None]])
+def test_unknown_split_labels_are_an_error(tmp_path, labels):
+    formulas = synthetic_formulas()[:40]
+    path = tmp_path / "odd.parquet"
+    pq.write_table(pa.table({"formula": formulas, "energy": np.arange(40.0), "split": labels * 20}), path)
+    with pytest.raises(IrscreenError, match=r"must label training rows 'train' and validation rows 'val' \(found"):
+        load_training_data(path, "energy", split_column="split")
+
+
+def test_rows_with_a_non_finite_feature_are_rejected_not_filled(tmp_path):
+    """Training and prediction treat a row alike: a non-finite feature rejects it."""
+    from irscreen.features import feature_labels
+
+    labels = feature_labels("magpie")
+    formulas = synthetic_formulas()[:30]
+    X = irscreen.featurize(formulas).to_numpy(np.float32)
+    X[4, 10] = np.nan
+    X[7, 3] = np.inf
+    cols = {"formula": formulas, "energy": np.arange(30.0)}
+    cols.update({label: X[:, j] for j, label in enumerate(labels)})
+    path = tmp_path / "featurized.parquet"
+    pq.write_table(pa.table(cols), path)
+    td = load_training_data(path, "energy")
+    assert td.rows_rejected == 2 and len(td.y) == 28
+    assert formulas[4] not in td.formulas and formulas[7] not in td.formulas
 
 
 @pytest.mark.parametrize("change, fragment", [
@@ -360,3 +405,37 @@ def test_learns_real_formation_enthalpies(shared_data, tmp_path):
     # the learning curve went down (by 27% from epoch 1 with the fused AdamW kernel)
     hist = m["members"][0]["history"]
     assert hist[-1]["val_mae"] < 0.8 * hist[0]["val_mae"]
+
+
+def test_build_a_shipped_recipe(tmp_path, monkeypatch):
+    """`irscreen build` trains a shipped bundle from its recipe: data file, split, units and
+    citations come from the recipe; with overridden settings no build command is claimed."""
+    from irscreen.recipes import RECIPES, build
+
+    recipe = RECIPES["formation-energy-mp"]
+    formulas = synthetic_formulas()
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    labels = ["val" if i % 5 == 0 else "train" for i in range(len(formulas))]
+    labels[3] = "test"
+    pq.write_table(pa.table({"formula": formulas, "target": synthetic_target(formulas), "split": labels}),
+                   data_dir / recipe.data_file)
+    m = build("formation-energy-mp", data_dir, tmp_path / "bundle",
+              overrides=dict(arch=TINY, epochs=2, batch_size=32, device="cpu", precision="fp32", ensemble=2))
+    assert m["name"] == "formation-energy-mp" and m["units"] == "eV/atom" and m["target"] == recipe.target
+    assert m["features"]["preset"] == "magpie-fractions"
+    assert m["data"]["license"] == recipe.license and m["data"]["rows_left_out"] == 1
+    assert m["data"]["val_rows"] == 48 and m["data"]["train_rows"] == 240 - 48 - 1
+    assert all(c in m["citations"] for c in recipe.citations)
+    assert "command" not in m  # overridden settings: not the shipped recipe
+    assert set(BUNDLE_FILES) <= {p.name for p in (tmp_path / "bundle").iterdir()}
+    loaded = irscreen.load_model(tmp_path / "bundle")
+    assert loaded.predict(["NaCl"])["prediction"].notna().all()
+
+
+def test_every_recipe_names_a_shipped_data_file():
+    from irscreen.recipes import RECIPES
+
+    for r in RECIPES.values():
+        assert r.data_file.endswith(".parquet") and r.units and r.license and r.citations
+        assert r.command() == f"irscreen build {r.name} --data-dir ../shared/data -o weights/{r.name}"

@@ -8,6 +8,9 @@ Two presets:
   vectorized engine (:mod:`irscreen.features.magpie`); ``engine="matminer"`` runs
   matminer itself instead (:mod:`irscreen.features.reference`).
 * ``fractions``: ElemNet-style atomic fractions of H..Pu (:mod:`irscreen.features.fractions`).
+* ``magpie-fractions``: both, concatenated (145 + 94 = 239 columns). The descriptors
+  summarize the chemistry; the fractions say exactly which elements are there. Together
+  they predict better than either alone (docs/models.md).
 
 This package never imports torch.
 """
@@ -24,6 +27,7 @@ from irscreen.features import fractions as _fractions
 from irscreen.features import magpie as _magpie
 
 __all__ = [
+    "PROBE_FORMULAS",
     "PRESETS",
     "DEFAULT_PRESET",
     "Preset",
@@ -31,6 +35,9 @@ __all__ = [
     "featurize",
     "featurize_parsed",
     "get_preset",
+    "element_data_fingerprint",
+    "nonfinite_errors",
+    "probe_features",
 ]
 
 WARD_2016 = (
@@ -58,6 +65,11 @@ class Preset:
     compute: Callable[[ParsedBatch], np.ndarray]
     citations: list[str] = field(default_factory=list)
     description: str = ""
+    #: Columns allowed to be missing (NaN) in a usable row. Every other non-finite value
+    #: makes the row a reject that names the feature: a model never sees a silently filled
+    #: value. Magpie needs none: matminer's imputation of missing element data is part of
+    #: the feature definition, and it leaves every covered element's row finite.
+    missing_ok: frozenset = frozenset()
 
     @property
     def labels_hash(self) -> str:
@@ -89,6 +101,22 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
+
+
+def _magpie_fractions(batch: ParsedBatch) -> np.ndarray:
+    out = np.concatenate([_magpie.featurize_batch(batch), _fractions.featurize_batch(batch)], axis=1)
+    out[np.isnan(out[:, -1])] = np.nan  # no fraction column for an element: the row cannot be represented
+    return out
+
+
+PRESETS["magpie-fractions"] = Preset(
+    name="magpie-fractions",
+    labels=list(_magpie.LABELS) + list(_fractions.LABELS),
+    compute=_magpie_fractions,
+    citations=[WARD_2016, WARD_2018, JHA_2018],
+    description="the 145 Magpie descriptors followed by the 94 element fractions H..Pu",
+)
+
 _ENGINES = ("fast", "matminer")
 _ERRORS = ("raise", "coerce")
 
@@ -103,6 +131,65 @@ def get_preset(preset: str | Preset = DEFAULT_PRESET) -> Preset:
         raise ValueError(
             f"unknown feature preset {preset!r}; available: {', '.join(PRESETS)}"
         ) from None
+
+
+def nonfinite_errors(XT: np.ndarray, preset: str | Preset, formulas, errors: list) -> list:
+    """``errors`` with a reason added for every row that parsed but has a non-finite
+    feature outside the preset's ``missing_ok`` columns. XT is feature-major (F, n)."""
+    spec = get_preset(preset)
+    if XT.size == 0:
+        return errors
+    finite = np.isfinite(XT)
+    if spec.missing_ok:
+        finite[[i for i, label in enumerate(spec.labels) if label in spec.missing_ok]] = True
+    bad_rows = np.flatnonzero(~finite.all(axis=0))
+    if len(bad_rows) == 0:
+        return errors
+    errors = list(errors)
+    for i in bad_rows:
+        if errors[i] is not None:
+            continue
+        bad = np.flatnonzero(~finite[:, i])
+        text = formulas[int(i)]
+        text = text.as_py() if hasattr(text, "as_py") else text
+        if len(bad) == spec.n_features:
+            what = "no finite feature (an element it does not cover)"
+        else:
+            what = f"feature {spec.labels[bad[0]]!r} is {XT[bad[0], i]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+        errors[i] = f"cannot featurize {text!r} with preset {spec.name!r}: {what}"
+    return errors
+
+
+#: Formulas whose features a bundle records, so that loading it under other element data
+#: can tell whether the features would change (one per common kind of chemistry, plus
+#: elements whose data are often imputed or revised).
+PROBE_FORMULAS = (
+    "Fe2O3", "NaCl", "Li3FeO4", "Ba0.5Sr0.5TiO3", "Si", "GaAs", "CsPbI3", "MgB2", "Al2O3", "TiO2",
+    "LiCoO2", "CuInSe2", "Bi2Te3", "ZrNiSn", "Nd2Fe14B", "H2O", "CH4", "NaN", "UO2", "PuO2", "Xe",
+    "KrF2", "HfC", "Mo6S8", "La2CuO4", "Y3Al5O12", "Pt3Ti", "AuCu3", "Ac2O3", "Tc2O7",
+)
+
+
+def probe_features(preset: str | Preset, formulas=PROBE_FORMULAS) -> np.ndarray:
+    """Features of the probe formulas, float64 (n, F)."""
+    return get_preset(preset).compute(parse_batch(list(formulas))).astype(np.float64)
+
+
+def element_data_fingerprint() -> dict:
+    """sha256 of the element tables every preset is computed from (Magpie properties,
+    pymatgen electronegativities and common oxidation states), with the versions of
+    matminer and pymatgen they were read from."""
+    from importlib.metadata import version
+
+    from irscreen.features import elemdata
+
+    h = hashlib.sha256()
+    states, counts = elemdata.common_oxidation_states()
+    for table in (elemdata.magpie_table(), elemdata.pymatgen_electronegativity(), states, counts):
+        arr = np.ascontiguousarray(table)
+        h.update(str(arr.dtype).encode() + str(arr.shape).encode())
+        h.update(arr.tobytes())
+    return {"sha256": h.hexdigest(), "matminer": version("matminer"), "pymatgen": version("pymatgen")}
 
 
 def feature_labels(preset: str = DEFAULT_PRESET) -> list[str]:
@@ -121,6 +208,11 @@ def featurize_parsed_columns(batch: ParsedBatch, preset: str = DEFAULT_PRESET, d
     spec = get_preset(preset)
     if spec.name == "magpie":
         return _magpie.featurize_columns(batch, dtype)
+    if spec.name == "magpie-fractions":
+        frac = np.ascontiguousarray(_fractions.featurize_batch(batch).T, dtype=dtype)
+        out = np.concatenate([_magpie.featurize_columns(batch, dtype), frac], axis=0)
+        out[:, np.isnan(frac[-1])] = np.nan  # as _magpie_fractions
+        return out
     return np.ascontiguousarray(spec.compute(batch).T, dtype=dtype)
 
 

@@ -5,7 +5,8 @@
 
 computed on the padded arrays of a :class:`~irscreen.composition.ParsedBatch` with
 whole-array numpy operations (no Python loop over formulas).  Values agree with
-matminer 0.10 to floating-point rounding, NaN positions included.
+matminer 0.10 to 1e-12 relative (numpy may add the same terms in another order),
+NaN positions included.
 
 What matminer does, and how it is matched here:
 
@@ -18,27 +19,23 @@ What matminer does, and how it is matched here:
 * Stoichiometry: the 0-norm counts elements, the p-norms use x_i = amount/total.
 * ValenceOrbital ``frac``: weighted mean of N{s,p,d,f}Valence over the weighted mean of
   NValence (a ratio of means, not a mean of ratios).
-* IonProperty(fast=True): one element -> (True, 0, 0).  Otherwise "compound possible"
-  is true when some choice of one pymatgen common oxidation state per element makes
-  ``np.isclose(dot(states, amounts), 0)``, i.e. |sum| <= 1e-8 on the *unnormalized*
-  amounts; an element without common states (He, Ne, Ar, Rn, Z >= 105) makes it false.
-  "max ionic char" is the largest 1 - exp(-(X_a - X_b)^2 / 4) over element pairs,
-  "avg ionic char" the sum over pairs of x_a x_b (1 - exp(...)).
+* IonProperty(fast=True): "compound possible" is :func:`irscreen.chemistry.charge_balanced`
+  (one element: possible; otherwise some choice of common oxidation states sums to
+  within 1e-8 of zero on the unnormalized amounts).  "max ionic char" is the largest
+  1 - exp(-(X_a - X_b)^2 / 4) over element pairs, "avg ionic char" the sum over pairs
+  of x_a x_b (1 - exp(...)).
 * Missing element data is imputed the way matminer does (see elemdata).
-* Sums are taken in matminer's order: numpy's pairwise summation inside np.average
-  (it differs from left-to-right from 8 elements on), Python's sum() for the total
-  amount (compensated from Python 3.12 on), left to right for the p-norms and the
-  average ionic character.  Rows are grouped by their number of elements, so no block
-  carries padding.
+
+Rows are grouped by their number of elements k, so no block carries padding and every
+sum over a formula's elements is one numpy reduction over an axis of length k.
 
 Rows that failed to parse come back all NaN.
 """
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
+from irscreen.chemistry import charge_balanced
 from irscreen.features import elemdata
 
 __all__ = ["LABELS", "N_FEATURES", "featurize_batch"]
@@ -62,7 +59,7 @@ _ION0 = _VO0 + len(_ORBITALS)  # first IonProperty column
 _VALENCE_COLS = [elemdata.MAGPIE_PROPERTIES.index(f"N{o}Valence") for o in _ORBITALS]
 _NVALENCE_COL = elemdata.MAGPIE_PROPERTIES.index("NValence")
 
-# np.isclose(x, 0) and np.isclose(w, wmax) defaults
+# np.isclose(w, wmax) defaults, for the mode's ties
 _ATOL = 1e-8
 _RTOL = 1e-5
 
@@ -169,15 +166,6 @@ class _Tables:
         # Property-major copy of the Magpie table, (22, 119): gathers give (22, k, m).
         self.magpie_t = np.ascontiguousarray(elemdata.magpie_table().T)
         self.x = elemdata.pymatgen_electronegativity()  # (119,)
-        states, counts = elemdata.common_oxidation_states()
-        self.ox_states = states
-        self.ox_counts = counts
-        # State bounds, for pruning; elements without states get NaN (never balance).
-        has = counts > 0
-        lo = np.where(has[:, None] & ~np.isnan(states), states, np.inf).min(axis=1)
-        hi = np.where(has[:, None] & ~np.isnan(states), states, -np.inf).max(axis=1)
-        self.ox_min = np.where(has, lo, np.nan)
-        self.ox_max = np.where(has, hi, np.nan)
 
     @classmethod
     def get(cls) -> "_Tables":
@@ -192,17 +180,19 @@ def _featurize_block(z: np.ndarray, a: np.ndarray, res: np.ndarray, t: _Tables) 
     z (m, k) atomic numbers, a (m, k) amounts; fills res (145, m), feature-major.
     """
     m, k = z.shape
+    if m == 1 and k >= 8:
+        # numpy sums the k elements of a lone row pairwise, of any other block left to
+        # right: featurize it as two rows so that its values do not depend on its batch.
+        pair = np.empty((N_FEATURES, 2))
+        _featurize_block(np.repeat(z, 2, axis=0), np.repeat(a, 2, axis=0), pair, t)
+        res[:, 0] = pair[:, 0]
+        return
     # Element-major working copies (k, m): reductions over the elements of a formula
     # become element-wise operations between contiguous rows.
     zt = np.ascontiguousarray(z.T).astype(np.intp)
     w = np.ascontiguousarray(a.T)
-
-    # matminer divides amounts by Python's sum() of them (Stoichiometry, IonProperty)
-    # and np.average divides by numpy's sum of the weights: same value unless k >= 8
-    # (numpy's pairwise summation) or Python >= 3.12 (compensated sum()).
-    total_py = _python_sum0(w)
-    total = _numpy_sum(w, 0) if (k >= 8 or _COMPENSATED_SUM) else total_py
-    frac = w / total_py  # (k, m), amount / total as matminer's Stoichiometry
+    total = w.sum(axis=0)
+    frac = w / total  # (k, m), amount / total as matminer's Stoichiometry
 
     # ---- Stoichiometry ----------------------------------------------------------
     res[0] = k
@@ -211,12 +201,11 @@ def _featurize_block(z: np.ndarray, a: np.ndarray, res: np.ndarray, t: _Tables) 
     f5 = f3 * f2
     f7 = f5 * f2
     f10 = f5 * f5
-    # p_norm += x**p element by element, then ** (1/p)
-    np.sqrt(_sequential_sum0(f2), out=res[1])
-    np.power(_sequential_sum0(f3), 1.0 / 3, out=res[2])
-    np.power(_sequential_sum0(f5), 1.0 / 5, out=res[3])
-    np.power(_sequential_sum0(f7), 1.0 / 7, out=res[4])
-    np.power(_sequential_sum0(f10), 1.0 / 10, out=res[5])
+    np.sqrt(f2.sum(axis=0), out=res[1])
+    np.power(f3.sum(axis=0), 1.0 / 3, out=res[2])
+    np.power(f5.sum(axis=0), 1.0 / 5, out=res[3])
+    np.power(f7.sum(axis=0), 1.0 / 7, out=res[4])
+    np.power(f10.sum(axis=0), 1.0 / 10, out=res[5])
 
     # ---- ElementProperty (magpie) -----------------------------------------------
     g = np.take(t.magpie_t, zt, axis=1)  # (22, k, m)
@@ -228,13 +217,13 @@ def _featurize_block(z: np.ndarray, a: np.ndarray, res: np.ndarray, t: _Tables) 
     np.subtract(mx, mn, out=ep[:, 2])
     prod = g * w  # (22, k, m)
     mean = ep[:, 3]
-    _numpy_sum(prod, 1, out=mean)
+    np.sum(prod, axis=1, out=mean)
     mean /= total
     np.subtract(g, mean[:, None, :], out=prod)
     np.abs(prod, out=prod)
     prod *= w
     dev = ep[:, 4]
-    _numpy_sum(prod, 1, out=dev)
+    np.sum(prod, axis=1, out=dev)
     dev /= total
     # mode: smallest value among the elements whose amount is close to the largest.
     wmax = w.max(axis=0)
@@ -266,127 +255,4 @@ def _featurize_block(z: np.ndarray, a: np.ndarray, res: np.ndarray, t: _Tables) 
             np.maximum(max_ic, ic, out=max_ic)
             ic *= frac[i] * frac[j]
             avg_ic += ic
-    res[_ION0] = _compound_possible(zt, w, k, t)
-
-
-# ---- summation in the same order as matminer ------------------------------------
-
-# Python 3.12 made sum() of floats compensated (Neumaier); before, left to right.
-_COMPENSATED_SUM = sys.version_info >= (3, 12)
-
-
-def _sequential_sum0(x: np.ndarray) -> np.ndarray:
-    """Sum over axis 0, left to right (a Python ``s += v`` loop)."""
-    res = x[0].copy()
-    for i in range(1, x.shape[0]):
-        res += x[i]
-    return res
-
-
-def _python_sum0(x: np.ndarray) -> np.ndarray:
-    """``sum(column)`` with Python's builtin sum(), for every column of x (axis 0)."""
-    if not _COMPENSATED_SUM:
-        return _sequential_sum0(x)
-    s = x[0].copy()
-    c = np.zeros_like(s)
-    for i in range(1, x.shape[0]):
-        v = x[i]
-        t = s + v
-        big = np.abs(s) >= np.abs(v)
-        c += np.where(big, (s - t) + v, (v - t) + s)
-        s = t
-    fix = (c != 0) & np.isfinite(c)
-    s[fix] += c[fix]
-    return s
-
-
-def _numpy_sum(x: np.ndarray, axis: int, out: np.ndarray | None = None) -> np.ndarray:
-    """What ``np.sum`` of each 1-D slice along ``axis`` returns: numpy's pairwise
-    summation (8 accumulators from 8 terms on, halving above 128 terms)."""
-    xs = np.moveaxis(x, axis, 0)
-    if xs.shape[0] < 8:  # the common case: plain left-to-right sum, straight into out
-        if out is None:
-            out = xs[0].copy()
-        else:
-            np.copyto(out, xs[0])
-        for i in range(1, xs.shape[0]):
-            out += xs[i]
-        return out
-
-    def pairwise(lo: int, n: int) -> np.ndarray:
-        if n < 8:
-            res = xs[lo].copy()
-            for i in range(1, n):
-                res += xs[lo + i]
-            return res
-        if n <= 128:
-            r = [xs[lo + j].copy() for j in range(8)]
-            i = 8
-            while i < n - n % 8:
-                for j in range(8):
-                    r[j] += xs[lo + i + j]
-                i += 8
-            res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
-            for i in range(i, n):
-                res += xs[lo + i]
-            return res
-        half = n // 2
-        half -= half % 8
-        return pairwise(lo, half) + pairwise(lo + half, n - half)
-
-    res = pairwise(0, xs.shape[0])
-    if out is None:
-        return res
-    out[...] = res
-    return out
-
-
-def _compound_possible(zt: np.ndarray, w: np.ndarray, k: int, t: _Tables) -> np.ndarray:
-    """matminer IonProperty(fast=True) "compound possible" for rows of k elements, as 1/0.
-
-    Searches the product of common oxidation states column by column on a ragged list
-    of partial sums, dropping partial sums that the remaining columns can no longer
-    bring back to zero.  The partial sums are accumulated left to right, like the dot
-    product matminer tests with np.isclose(., 0).
-    """
-    m = zt.shape[1]
-    if k == 1:
-        return np.ones(m)
-    result = np.zeros(m)
-    counts = t.ox_counts[zt]  # (k, m)
-    lo = t.ox_min[zt] * w  # NaN for elements without common states
-    hi = t.ox_max[zt] * w
-    # Suffix bounds: the least and most that columns j.. can still add.
-    rest_lo = np.zeros((k + 1, m))
-    rest_hi = np.zeros((k + 1, m))
-    rest_lo[:k] = np.cumsum(lo[::-1], axis=0)[::-1]
-    rest_hi[:k] = np.cumsum(hi[::-1], axis=0)[::-1]
-    # Pruning must never drop a combination the final test would accept: give it
-    # slack for the rounding of the bounds.
-    slack = 2 * _ATOL + 1e-12 * (np.abs(rest_lo[0]) + np.abs(rest_hi[0]))
-    cand = (rest_lo[0] <= slack) & (rest_hi[0] >= -slack)  # NaN bounds fail here
-    rows = np.flatnonzero(cand)
-    partial = np.zeros(len(rows))
-    states = t.ox_states
-    for j in range(k):
-        if len(rows) == 0:
-            return result
-        zj = zt[j, rows]
-        cj = counts[j, rows]
-        if (cj == 1).all():
-            partial = partial + states[zj, 0] * w[j, rows]
-        else:
-            owner = np.repeat(np.arange(len(rows)), cj)
-            start = np.cumsum(cj) - cj
-            idx = np.arange(len(owner)) - start[owner]
-            rows = rows[owner]
-            partial = partial[owner] + states[zj[owner], idx] * w[j, rows]
-        if j + 1 < k:
-            s = slack[rows]
-            keep = (partial + rest_lo[j + 1, rows] <= s) & (partial + rest_hi[j + 1, rows] >= -s)
-            if not keep.all():
-                rows = rows[keep]
-                partial = partial[keep]
-    hit = np.abs(partial) <= _ATOL
-    result[rows[hit]] = 1.0
-    return result
+    res[_ION0] = charge_balanced(zt.T, w.T)

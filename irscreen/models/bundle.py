@@ -1,4 +1,4 @@
-"""Model bundles: the only way irscreen saves or loads weights.
+"""Model bundles: the one module that reads and writes them.
 
 A bundle is a directory::
 
@@ -8,9 +8,14 @@ A bundle is a directory::
     README.md              the model card
     learning_curve.png, parity.png
 
-Loading verifies every member's sha256 and the feature labels' hash against the
-installed feature engine, and refuses a mismatch with one clear message. Weights are
-read with safetensors and the rest with JSON: never pickle.
+Loading verifies every member's sha256, the feature labels' hash, and the element data
+the features were computed from (a hash of the tables, plus feature values of a fixed
+set of probe formulas to compare against when the hash differs). Weights are
+safetensors and everything else JSON: never pickle.
+
+Manifest fields added over time are optional on reading, so older bundles still load:
+``features.element_data`` and ``features.probe`` (element-data check),
+``calibration`` (uncertainty scale), ``elements`` (training counts per element).
 """
 from __future__ import annotations
 
@@ -19,11 +24,14 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from irscreen.errors import IrscreenError
+import numpy as np
+
+from irscreen.errors import IrscreenError, IrscreenWarning
 
 FORMAT = "irscreen-bundle/1"
 MANIFEST = "manifest.json"
@@ -39,13 +47,18 @@ def sha256_file(path: Path) -> str:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
+    from irscreen.atomic import fsync_dir
+
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=False)
         f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def shipped_root() -> Path:
@@ -113,8 +126,14 @@ def verify_members(bundle_dir: Path, manifest: dict) -> list[Path]:
     return paths
 
 
+#: Features may drift this much (relative) under other element data before a bundle is refused.
+PROBE_RTOL = 1e-5
+
+
 def check_features(bundle_dir: Path, manifest: dict) -> None:
-    """Refuse a bundle whose feature labels differ from what this irscreen computes."""
+    """Refuse a bundle whose feature labels differ from what this irscreen computes; warn
+    when the element data differ but the probe formulas' features agree to PROBE_RTOL,
+    refuse when they do not."""
     from irscreen.features import PRESETS
 
     feats = manifest["features"]
@@ -133,3 +152,109 @@ def check_features(bundle_dir: Path, manifest: dict) -> None:
     scaler = manifest["scaler"]
     if feats.get("n_features") != n or len(scaler.get("x_mean", [])) != n or len(scaler.get("x_std", [])) != n:
         raise IrscreenError(f"model bundle {bundle_dir}: scaler and feature count disagree with preset {preset!r} ({n})")
+
+    _check_element_data(bundle_dir, feats)
+
+
+def _check_element_data(bundle_dir: Path, feats: dict) -> None:
+    from irscreen.features import element_data_fingerprint, probe_features
+
+    recorded = feats.get("element_data")
+    if not recorded:
+        return  # bundles made before the element data were recorded
+    current = element_data_fingerprint()
+    if recorded.get("sha256") == current["sha256"]:
+        return
+    versions = (f"bundle: matminer {recorded.get('matminer')}, pymatgen {recorded.get('pymatgen')}; "
+                f"installed: matminer {current['matminer']}, pymatgen {current['pymatgen']}")
+    probe = feats.get("probe")
+    if probe:
+        old = np.asarray(probe["values"], dtype=np.float64)
+        new = probe_features(feats["preset"], probe["formulas"])
+        same_nan = np.array_equal(np.isnan(old), np.isnan(new))
+        with np.errstate(invalid="ignore"):
+            diff = np.nanmax(np.abs(new - old) / np.maximum(np.abs(old), 1e-12)) if same_nan else np.inf
+        if not diff <= PROBE_RTOL:
+            raise IrscreenError(
+                f"model bundle {bundle_dir} was trained on features from other element data, and they differ "
+                f"(relative {diff:.2g} > {PROBE_RTOL:g} on the probe formulas); {versions}"
+            )
+    warnings.warn(IrscreenWarning(
+        f"model bundle {bundle_dir} was trained on other element data ({versions}); the probe formulas' "
+        "features agree within the tolerance, so it is used"), stacklevel=3)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def new_manifest(*, name: str, target: str, units: str, description: str, preset: str, scaler, config: dict,
+                 architecture: str, data: dict, citations: list[str], hardware: str, versions: dict) -> dict:
+    """The manifest of an empty bundle: members are added by :func:`add_member`."""
+    from irscreen.features import PROBE_FORMULAS, element_data_fingerprint, get_preset, probe_features
+
+    spec = get_preset(preset)
+    return {
+        "format": FORMAT,
+        "name": name,
+        "target": target,
+        "units": units,
+        "description": description,
+        "features": {
+            "preset": spec.name, "n_features": spec.n_features, "labels_sha256": spec.labels_hash,
+            "element_data": element_data_fingerprint(),
+            "probe": {"formulas": list(PROBE_FORMULAS),
+                      "values": np.where(np.isnan(v := probe_features(spec.name, PROBE_FORMULAS)), None, v).tolist()},
+        },
+        "scaler": scaler.to_json(),
+        "architecture": architecture,
+        "arch_name": config.get("arch", architecture),
+        "members": [],
+        "data": data,
+        "hyperparameters": dict(config),
+        "metrics": {},
+        "versions": versions,
+        "hardware": hardware,
+        "citations": list(citations),
+    }
+
+
+def _member_tensors(state: dict, storage: str) -> dict:
+    """Linear weights/biases in the storage dtype; BatchNorm statistics stay float32
+    (a tiny variance would underflow in float16)."""
+    import torch
+
+    out = {}
+    for k, v in state.items():
+        v = v.detach().cpu().contiguous()
+        if v.is_floating_point():
+            v = v.float() if (".bn." in k or storage == "float32") else v.to(torch.float16)
+        out[k] = v
+    return out
+
+
+def write_member(path: Path, state: dict, storage: str) -> str:
+    """One member's weights as safetensors, written atomically and flushed; returns its sha256."""
+    from safetensors.torch import save_file
+
+    from irscreen.atomic import fsync_file
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(_member_tensors(state, storage), str(tmp))
+    fsync_file(tmp)
+    tmp.replace(path)
+    return sha256_file(path)
+
+
+def add_member(bundle: Path, manifest: dict, state: dict, storage: str, info: dict) -> dict:
+    """Write member ``len(manifest['members'])`` and commit the manifest that lists it.
+
+    The member file is complete (and flushed) before the manifest names it; a kill between
+    the two leaves a member file the manifest does not list, which loading refuses and
+    ``--resume`` overwrites by training that member again."""
+    bundle = Path(bundle)
+    name = f"member-{len(manifest['members'])}.safetensors"
+    write_member(bundle / name, state, storage)
+    manifest["members"].append({"file": name, "sha256": sha256_file(bundle / name), **info})
+    write_json_atomic(bundle / MANIFEST, manifest)
+    return manifest

@@ -4,8 +4,11 @@
     >>> model = irscreen.load_model("formation-enthalpy")
     >>> model.predict(["Li3FeO4", "Ba0.5Sr0.5TiO3"])   # DataFrame: prediction, uncertainty
 
-``prediction`` is the ensemble mean and ``uncertainty`` the ensemble standard
-deviation (population, ddof=0), both in the bundle's target units.
+``prediction`` is the ensemble mean and ``uncertainty`` a standard deviation of its error:
+the ensemble spread (population std, ddof=0) mapped through the bundle's calibration
+(:mod:`irscreen.models.calibration`; the raw spread for bundles without one), both in the
+bundle's target units. ``extrapolation`` is true for a row holding an element seen in
+fewer than ``min_count`` (20) training compositions of the bundle.
 """
 from __future__ import annotations
 
@@ -17,8 +20,9 @@ from safetensors.torch import load_file
 
 from irscreen.errors import IrscreenError
 from irscreen.models import bundle as _bundle
+from irscreen.models.calibration import calibrated_sigma
 from irscreen.models.irnet import FoldedEnsemble, Net, fold, parse_arch
-from irscreen.train import Scaler
+from irscreen.models.scaler import Scaler
 
 #: Rows per inference call: measured fastest on a 2-core AVX-512 CPU (activations stay in cache;
 #: docs/benchmarks.md), and large enough to keep a GPU busy with several members.
@@ -34,6 +38,8 @@ class Model:
         self.preset = manifest["features"]["preset"]
         self._folded = [fold(n) for n in nets]
         self._engines: dict = {}
+        self.calibration = manifest.get("calibration")
+        self._rare = _rare_elements(manifest.get("elements"))
 
     # -- description ---------------------------------------------------------------
     @property
@@ -83,10 +89,22 @@ class Model:
             out[:, i : i + n] = y[:, :n].cpu().numpy()
         return out * np.float32(self.scaler.y_std) + np.float32(self.scaler.y_mean)
 
-    def predict_features(self, X: np.ndarray, precision: str = "fp32", device: str = "cpu",
-                         members: bool = False) -> dict[str, np.ndarray]:
-        P = self.predict_members(X, precision, device)
-        out = {"prediction": P.mean(0), "uncertainty": P.std(0)}
+    def uncertainty(self, P: np.ndarray) -> np.ndarray:
+        """Calibrated sigma from per-member predictions (members, n)."""
+        return calibrated_sigma(P.std(0), self.calibration)
+
+    def extrapolation(self, elements: np.ndarray) -> np.ndarray:
+        """Per row of atomic numbers (n, k; 0 = padding): does it hold a rare element?
+        Bundles without element counts flag nothing."""
+        if self._rare is None:
+            return np.zeros(len(elements), dtype=bool)
+        return self._rare[np.asarray(elements, dtype=np.intp)].any(axis=1)
+
+    def outputs(self, P: np.ndarray, elements: np.ndarray | None = None, members: bool = False) -> dict[str, np.ndarray]:
+        """The prediction columns of ``predict``/``screen`` from per-member predictions."""
+        out = {"prediction": P.mean(0), "uncertainty": self.uncertainty(P)}
+        if elements is not None:
+            out["extrapolation"] = self.extrapolation(elements)
         if members:
             for k in range(len(P)):
                 out[f"member_{k}"] = P[k]
@@ -99,12 +117,26 @@ class Model:
         (or :func:`irscreen.screening.predict_file`) for files with row-level rejects."""
         import pandas as pd
 
+        from irscreen.composition import parse_batch
         from irscreen.features import featurize
 
         formulas = [formulas] if isinstance(formulas, str) else list(formulas)
         X = featurize(formulas, self.preset).to_numpy(dtype=np.float32)  # FormulaError on a bad formula
-        cols = self.predict_features(X, precision, device, members)
+        cols = self.outputs(self.predict_members(X, precision, device), parse_batch(formulas).elements, members)
         return pd.DataFrame({"formula": formulas, **cols})
+
+
+def _rare_elements(info: dict | None) -> np.ndarray | None:
+    """Boolean table over atomic numbers: True where the bundle saw the element in fewer
+    than ``min_count`` training compositions (index 0, the padding, is False)."""
+    if not info:
+        return None
+    from irscreen.composition import SYMBOLS
+
+    counts = info.get("counts", {})
+    rare = np.array([counts.get(sym, 0) < info.get("min_count", 20) for sym in SYMBOLS], dtype=bool)
+    rare[0] = False
+    return rare
 
 
 def load_model(name_or_dir: str | Path = "formation-enthalpy") -> Model:

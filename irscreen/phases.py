@@ -1,0 +1,239 @@
+"""Known phases: the compositions and DFT formation energies a hull is built from.
+
+A table of reduced compositions with their formation energy per atom (eV/atom), the
+lowest kept where a reduced composition repeats (polymorphs: the ground state is the one
+that competes). Elements are at 0 eV/atom, the definition of a formation energy, so they
+are not stored: a row for a pure element in a phases file leaves the hull unchanged.
+
+Two compositions are the same when their atomic fractions agree to 2^-32 (Fe2O3 and
+Fe4O6 are one). Lookups go through a 64-bit hash of those quantized fractions and are
+then checked element by element, so a hash collision can never make a wrong match.
+
+Sources: a formation-energy bundle carries the phases of its training data (written by
+``irscreen.train.finalize_bundle``, read through :mod:`irscreen.models.bundle`), or a
+user's own file (``--phases FILE``: Parquet/CSV with a formula column and a formation
+energy per atom), whose unusable rows are rejects like those of any input.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from irscreen.composition import SYMBOLS, parse_batch
+from irscreen.errors import IrscreenError
+
+#: Columns of the stored phases table (inside a bundle).
+FORMULA, ENERGY = "formula", "formation_energy_per_atom"
+#: Names a formation-energy column goes by in a phases file, in order of preference.
+ENERGY_COLUMNS = (ENERGY, "formation_energy", "formation_enthalpy", "e_form", "delta_e", "energy", "target")
+
+_Q = float(2**32)  # atomic fractions are compared on this grid
+_SEED = 0xCBF29CE484222325  # FNV-1a offset basis
+_PRIME = np.uint64(0x100000001B3)
+
+
+def sort_by_element(elements: np.ndarray, fractions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's elements in increasing atomic number, padding (0) last: the canonical
+    order that compositions, chemical systems and hull coordinates all use."""
+    order = np.argsort(np.where(elements == 0, 1 << 10, elements), axis=1, kind="stable")
+    return np.take_along_axis(elements, order, 1).astype(np.int64), np.take_along_axis(fractions, order, 1)
+
+
+def composition_codes(z_sorted: np.ndarray, f_sorted: np.ndarray) -> np.ndarray:
+    """One int64 per (element, quantized fraction), 0 for padding: equal rows are the same
+    reduced composition."""
+    q = np.rint(f_sorted * _Q).astype(np.int64)
+    return np.where(z_sorted > 0, (z_sorted << 34) | q, 0)
+
+
+def row_hash(values: np.ndarray, seed: int = _SEED) -> np.ndarray:
+    """64-bit FNV-style hash of each row's nonzero values (padding does not count)."""
+    h = np.full(len(values), seed, dtype=np.uint64)
+    for col in np.asarray(values, dtype=np.int64).T.astype(np.uint64):
+        h = np.where(col != 0, (h ^ col) * _PRIME, h)
+    return h
+
+
+def unique_hash_seed(*keys: np.ndarray) -> int:
+    """A hash seed under which every row of each key table hashes differently (the first
+    one nearly always): then a hash hit names one candidate, checked exactly afterwards."""
+    for seed in range(_SEED, _SEED + 64):
+        if all(len(np.unique(row_hash(k, seed))) == len(k) for k in keys):
+            return seed
+    raise IrscreenError("known phases: no collision-free hash seed found")  # never in practice
+
+
+class KnownPhases:
+    """Compound phases (two or more elements): ``formulas``, ``energies`` (eV/atom),
+    ``elements``/``fractions`` sorted by atomic number, in a canonical order (by chemical
+    system), so equal content gives an equal :attr:`sha256`."""
+
+    def __init__(self, formulas, energies, elements, fractions, source: str = ""):
+        self.source = source
+        z, f = sort_by_element(np.asarray(elements), np.asarray(fractions, dtype=np.float64))
+        codes = composition_codes(z, f)
+        energies = np.asarray(energies, dtype=np.float64)
+        # the lowest energy per reduced composition: sort by (composition, energy), keep the first
+        _, group = np.unique(codes, axis=0, return_inverse=True)
+        group = group.ravel()
+        order = np.lexsort((energies, group))
+        first = order[np.r_[True, group[order][1:] != group[order][:-1]]]
+        first = first[(z[first] > 0).sum(1) >= 2]  # elements are at 0 by definition
+        # canonical order: by chemical system, then composition (np.unique sorted the groups)
+        sys_key = np.unique(z[first], axis=0, return_inverse=True)[1].ravel()
+        first = first[np.lexsort((group[first], sys_key))]
+        width = max(1, int((z[first] > 0).sum(1).max(initial=1)))
+        self.formulas = np.asarray([str(x) for x in np.asarray(formulas, dtype=object)[first]], dtype=object)
+        self.energies = energies[first]
+        self.elements, self.fractions = z[first, :width], f[first, :width]
+        self.codes = codes[first, :width]
+        self.seed = unique_hash_seed(self.codes)
+        self._hash = row_hash(self.codes, self.seed)
+        self._order = np.argsort(self._hash)
+        self._names: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.energies)
+
+    def __repr__(self) -> str:
+        return f"KnownPhases({len(self):,} compounds from {self.source or 'memory'})"
+
+    @classmethod
+    def from_formulas(cls, formulas, energies, source: str = "") -> "KnownPhases":
+        """From formula strings that all parse (a bundle's own table, training data)."""
+        batch = parse_batch(list(formulas))
+        bad = [e for e in batch.errors if e]
+        if bad:
+            raise IrscreenError(f"{source or 'known phases'}: {bad[0]}")
+        return cls(formulas, energies, batch.elements, batch.fractions(), source)
+
+    @cached_property
+    def sha256(self) -> str:
+        """Content hash (compositions and energies in canonical order): part of a screen's
+        resume identity; the same for a bundle's table and the data it was made from."""
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.codes).tobytes())
+        h.update(np.ascontiguousarray(self.energies).tobytes())
+        return h.hexdigest()
+
+    def to_table(self) -> pa.Table:
+        """The stored form: reduced formula and formation energy per atom."""
+        return pa.table({FORMULA: pa.array([self.name(i) for i in range(len(self))], pa.string()),
+                         ENERGY: pa.array(self.energies, pa.float64())})
+
+    def name(self, i: int) -> str:
+        """Phase i's reduced formula as pymatgen writes it (Fe2O3, LiCoO2), for people."""
+        if i not in self._names:
+            from pymatgen.core import Composition
+
+            els = self.elements[i]
+            comp = {SYMBOLS[z]: float(a) for z, a in zip(els, self.fractions[i]) if z}
+            self._names[i] = Composition(comp).get_integer_formula_and_factor()[0]
+        return self._names[i]
+
+    def lookup(self, elements: np.ndarray, fractions: np.ndarray) -> np.ndarray:
+        """Per row (atomic numbers and fractions, any order): the index of the phase with
+        the same reduced composition, -1 where there is none (a pure element is -1 here;
+        callers treat elements as known at 0 eV/atom)."""
+        z, f = sort_by_element(np.asarray(elements), np.asarray(fractions, dtype=np.float64))
+        codes = composition_codes(z, f)
+        out = np.full(len(codes), -1, dtype=np.int64)
+        if not len(self) or not len(codes):
+            return out
+        h = row_hash(codes, self.seed)
+        pos = np.minimum(np.searchsorted(self._hash, h, sorter=self._order), len(self) - 1)
+        cand = self._order[pos]
+        w = self.codes.shape[1]
+        fits = (codes[:, w:] == 0).all(1) if codes.shape[1] > w else np.ones(len(codes), bool)
+        mine = codes[:, :w] if codes.shape[1] >= w else np.pad(codes, ((0, 0), (0, w - codes.shape[1])))
+        hit = (self._hash[cand] == h) & fits & (self.codes[cand] == mine).all(1)
+        out[hit] = cand[hit]
+        return out
+
+
+def is_element(elements: np.ndarray) -> np.ndarray:
+    return (np.asarray(elements) != 0).sum(1) == 1
+
+
+# --------------------------------------------------------------------------- reading a user's file
+
+
+def energy_column(columns: list[str], path) -> str:
+    folded = {c.casefold(): c for c in columns}
+    for name in ENERGY_COLUMNS:
+        if name in folded:
+            return folded[name]
+    raise IrscreenError(
+        f"{path}: no formation-energy column (looked for {', '.join(ENERGY_COLUMNS)}; columns: {', '.join(columns)}); "
+        f"name it {ENERGY} (eV/atom)"
+    )
+
+
+def _energies(col: pa.ChunkedArray) -> tuple[np.ndarray, list[str | None]]:
+    """float64 values and a per-row error (None when usable): missing, not a number, not finite."""
+    values = col.to_pylist()
+    out = np.full(len(values), np.nan)
+    errors: list[str | None] = [None] * len(values)
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, str) and not v.strip()):
+            errors[i] = "missing formation energy"
+            continue
+        try:
+            out[i] = float(v)
+        except (TypeError, ValueError):
+            errors[i] = f"formation energy {v!r} is not a number"
+            continue
+        if not np.isfinite(out[i]):
+            errors[i] = f"formation energy {v!r} is not a finite number"
+    return out, errors
+
+
+def read_phases(path) -> tuple[KnownPhases, pa.Table]:
+    """A user's phases file -> (KnownPhases, rejects (row, formula, error)). Every row is
+    either used or rejected; a file with no usable row is an error."""
+    from irscreen.io import REJECTS_SCHEMA, open_table
+
+    table = open_table(path)
+    fcol = table.formula_column()
+    ecol = energy_column(table.columns, table.path)
+    batches = list(table.batches(1 << 20, string_columns=(fcol,)))
+    data = pa.Table.from_batches(batches) if batches else pa.table({fcol: pa.array([], pa.string()), ecol: []})
+    formulas = data.column(fcol)
+    if not (pa.types.is_string(formulas.type) or pa.types.is_large_string(formulas.type)):
+        raise IrscreenError(f"{table.path}: column {fcol!r} holds {formulas.type}, not formula strings")
+    batch = parse_batch(formulas.combine_chunks())
+    energies, energy_errors = _energies(data.column(ecol))
+    errors = [fe or ee for fe, ee in zip(batch.errors, energy_errors)]
+    bad = np.array([e is not None for e in errors], dtype=bool)
+    idx = np.flatnonzero(bad)
+    texts = formulas.to_pylist()
+    rejects = pa.table({"row": pa.array(idx, pa.int64()),
+                        "formula": pa.array([texts[i] for i in idx], pa.string()),
+                        "error": pa.array([errors[i] for i in idx], pa.string())}, schema=REJECTS_SCHEMA)
+    good = np.flatnonzero(~bad)
+    if not len(good):
+        raise IrscreenError(f"{table.path}: no usable phases ({len(idx):,} rows, all rejected: {errors[0] if len(idx) else 'empty'})")
+    phases = KnownPhases([texts[i] for i in good], energies[good], batch.elements[good], batch.fractions()[good],
+                         source=str(table.path))
+    return phases, rejects
+
+
+def read_bundle_phases(path: Path) -> KnownPhases:
+    """The phases table inside a bundle (its sha256 already checked by the bundle loader)."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path)
+    return KnownPhases.from_formulas(t.column(FORMULA).to_pylist(), t.column(ENERGY).to_numpy(), source=str(path))
+
+
+# --------------------------------------------------------------------------- bundles
+
+
+def is_formation_energy(target: str, units: str) -> bool:
+    """Does a bundle predict a formation energy per atom (so its training data are known phases)?"""
+    return units.replace(" ", "") == "eV/atom" and re.search(r"formation|e_?form|delta_?e|dhf", target or "", re.I) is not None
