@@ -11,15 +11,18 @@ that feature calls possible:
 * An element without common states (He, Ne, Ar, Rn, Z >= 105) has no state to choose,
   so no composition of it with another element is balanced.
 
-Charges are summed over the elements left to right, in the same order by both entry
-points, so they agree to the last bit:
+Two entry points, one test:
 
-* :func:`charge_balanced` takes one amount vector per composition.  It walks the
-  elements one at a time, keeping the partial charges that the remaining elements can
-  still bring back to zero (the bounds prune most of the product of states).
+* :func:`charge_balanced` takes one amount vector per composition (the feature).  It
+  walks the elements one at a time, left to right, keeping the partial charges that the
+  remaining elements can still bring back to zero (the bounds prune most of the
+  product of states).
 * :func:`charge_balanced_outer` tests every row of elements against every amount
-  vector, the shape of an enumeration (element subsets x stoichiometries).  The distinct
-  choices of states are found once and summed against all amount vectors at once.
+  vector, the shape of an enumeration (element subsets x stoichiometries, ``generate``).
+  The distinct choices of states are found once and multiplied with all amount vectors
+  in one matrix product.  With integer amounts every charge is exact and the two agree
+  exactly; with fractional ones the product may round a charge differently in the last
+  bit, which could only matter for a charge within an ulp of 1e-8.
 """
 from __future__ import annotations
 
@@ -138,7 +141,8 @@ def charge_balanced_outer(elements, amounts) -> np.ndarray:
     choices = np.column_stack(columns)
     # Rows share most of their choices (Li and Na are both +1): sum each distinct one once.
     distinct, inverse = np.unique(choices, axis=0, return_inverse=True)
-    zero = np.abs(distinct @ w.T) <= ATOL  # (U, S)
+    charge = distinct @ w.T  # (U, S)
+    zero = np.abs(charge, out=charge) <= ATOL
     # Any choice of a row: OR the packed rows of its choices (8 amount vectors a byte).
     packed = np.packbits(zero, axis=1)[inverse.reshape(-1)]
     starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])

@@ -108,7 +108,7 @@ def _exit_for(s) -> None:
 def featurize(
     input: Path = typer.Argument(..., help="Parquet or CSV file with a formula column."),
     output: Path = typer.Option(..., "-o", "--output", help="Output Parquet (or .csv): input columns + features."),
-    formula_column: Optional[str] = typer.Option(None, help="Formula column (default: 'formula', else 'composition')."),
+    formula_column: Optional[str] = typer.Option(None, help="Formula column (default: found by name: formula, composition, reduced_formula, pretty_formula)."),
     preset: str = typer.Option("magpie", help="Feature preset: magpie (145 Magpie descriptors) or fractions."),
     engine: str = typer.Option("fast", help="fast (vectorized) or matminer (the reference implementation)."),
     jobs: int = typer.Option(JOBS_DEFAULT, "--jobs", "-j", help="Worker processes (joblib)."),
@@ -294,6 +294,10 @@ def evaluate(
 
 # --------------------------------------------------------------------------- predict
 
+PHASES_HELP = ("Known phases instead of the model's: Parquet/CSV with formula and formation_energy_per_atom (eV/atom); "
+               "bad rows go to OUTPUT.phases-rejects.parquet.")
+
+
 
 @app.command()
 def predict(
@@ -307,8 +311,11 @@ def predict(
     jobs: int = typer.Option(JOBS_DEFAULT, "--jobs", "-j", help="Featurization worker processes."),
     batch_rows: int = typer.Option(DEFAULT_BATCH_ROWS),
     rejects: Optional[Path] = typer.Option(None, help="Rejects file (default: OUTPUT.rejects.parquet)."),
+    hull: bool = typer.Option(False, "--hull", help="Add hull_distance: prediction minus the hull energy of the known phases (eV/atom)."),
+    phases: Optional[Path] = typer.Option(None, help=PHASES_HELP),
 ) -> None:
-    """Predict every row: prediction (ensemble mean), uncertainty (calibrated sigma), extrapolation."""
+    """Predict every row: prediction (ensemble mean), uncertainty (calibrated sigma), extrapolation;
+    known/known_value where the model has known phases; hull_distance with --hull."""
     from irscreen.io import open_table
     from irscreen.screening import predict_file
 
@@ -316,9 +323,17 @@ def predict(
     with RowProgress("predict", total) as bar:
         s = predict_file(input, output, model=model, members=members, formula_column=formula_column,
                          precision=precision, device=device, jobs=jobs, batch_rows=batch_rows,
-                         rejects_path=rejects, progress=bar)
+                         rejects_path=rejects, hull=hull, phases=phases, progress=bar)
     _summary(s, "predicted")
+    _phases_summary(s.phases, s.phases_rejects, s.phases_rejected)
     _exit_for(s)
+
+
+
+def _phases_summary(label: str, rejects: str, rejected: int) -> None:
+    if label:
+        err.print(f"known phases: {label}" + (f"; [{'red' if rejected else 'dim'}]{rejected:,} rows rejected[/] "
+                                               f"({rejects})" if rejects else ""), highlight=False)
 
 
 # --------------------------------------------------------------------------- screen
@@ -350,6 +365,10 @@ def screen(
     batch_rows: int = typer.Option(DEFAULT_BATCH_ROWS),
     rejects: Optional[Path] = typer.Option(None, help="Rejects file (default: OUTPUT.rejects.parquet)."),
     resume: bool = typer.Option(False, help="Continue a killed screen from its last completed batch."),
+    hull: bool = typer.Option(False, "--hull", help="Rank by hull distance to the known phases (lowest first); adds decomposition."),
+    phases: Optional[Path] = typer.Option(None, help=PHASES_HELP),
+    exclude_known: bool = typer.Option(False, "--exclude-known", help="Leave rows that are known phases out of the shortlist."),
+    plot: bool = typer.Option(False, "--plot", help="Also write OUTPUT.png: elements and ranking value, shortlist against pool."),
 ) -> None:
     """Rank candidates and keep the best K (memory independent of input size)."""
     from irscreen.io import open_table
@@ -360,23 +379,32 @@ def screen(
     objective = "target" if target_value is not None else ("maximize" if maximize else "minimize")
     opts = ScreenOptions(top=top, objective=objective, target_value=target_value, kappa=kappa,
                          include_elements=_elements(include_elements), exclude_elements=_elements(exclude_elements),
-                         max_elements=max_elements, max_per_system=max_per_system, unique=unique, precision=precision)
+                         max_elements=max_elements, max_per_system=max_per_system, unique=unique, precision=precision,
+                         hull=hull, exclude_known=exclude_known, plot=plot)
     opts.validate()
     if output is None:
         output = Path(f"{input.stem}.top{top}.parquet")
     total = open_table(input).num_rows
     with RowProgress("screen", total) as bar:
         res = screen_file(input, output, opts, model=model, formula_column=formula_column, device=device, jobs=jobs,
-                          batch_rows=batch_rows, rejects_path=rejects, resume=resume, progress=bar)
+                          batch_rows=batch_rows, rejects_path=rejects, resume=resume, phases=phases, progress=bar)
     s = res.summary
-    t = RichTable(title=f"Top {min(10, res.shortlist.num_rows)} of {res.shortlist.num_rows:,} ({objective})")
+    t = RichTable(title=f"Top {min(10, res.shortlist.num_rows)} of {res.shortlist.num_rows:,} "
+                        f"({'hull distance' if hull else objective})")
     fcol = res.formula_column
-    cols = ["rank", fcol, "prediction", "uncertainty", "extrapolation"]
+    names = res.shortlist.column_names
+    cols = ["rank", fcol, "prediction", "uncertainty", *[c for c in ("hull_distance", "known_value", "decomposition")
+                                                         if c in names], "extrapolation"]
     for c in cols:
-        t.add_column(c, justify="right" if c != fcol else "left")
+        t.add_column(c.replace("known_value", "known (DFT)"), justify="left" if c in (fcol, "decomposition") else "right")
+
+    def cell(c, v):
+        if c == "extrapolation":
+            return "yes" if v else ""
+        return "" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
     for r in res.shortlist.slice(0, 10).select(cols).to_pylist():
-        t.add_row(str(r["rank"]), str(r[fcol]), f"{r['prediction']:.4f}", f"{r['uncertainty']:.4f}",
-                  "yes" if r["extrapolation"] else "")
+        t.add_row(*[cell(c, r[c]) for c in cols])
     out.print(t)
     n_extra = sum(res.shortlist.column("extrapolation").to_pylist()) if res.shortlist.num_rows else 0
     if n_extra:
@@ -388,8 +416,45 @@ def screen(
         + (f" ({res.filtered:,} screened rows filtered out)" if res.filtered else "")
         + f" in {s.seconds:.1f} s ({s.rate:,.0f} rows/s)"
     )
-    err.print(f"output: {s.output}   rejects: {s.rejects}", highlight=False)
+    if exclude_known:
+        err.print(f"--exclude-known left out {res.known_left_out:,} screened rows that are known phases")
+    if "known" in names and not exclude_known:
+        n_known = sum(res.shortlist.column("known").to_pylist())
+        if n_known:
+            err.print(f"{n_known:,} shortlisted rows are known phases (columns known, known_value; --exclude-known "
+                      "leaves them out)")
+    _phases_summary(res.phases, res.phases_rejects, res.phases_rejected)
+    err.print(f"output: {s.output}   rejects: {s.rejects}" + (f"   plot: {res.plot}" if res.plot else ""), highlight=False)
     _exit_for(s)
+
+
+# --------------------------------------------------------------------------- plot
+
+
+@app.command()
+def plot(
+    shortlist: Path = typer.Argument(..., help="A shortlist written by `irscreen screen` (Parquet or CSV)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="PNG to write (default: SHORTLIST with .png)."),
+    formula_column: Optional[str] = typer.Option(None),
+) -> None:
+    """Picture a shortlist: elements against the pool, and the ranking value with the cutoff."""
+    import pyarrow as pa
+
+    from irscreen.io import open_table
+    from irscreen.screening.pool import draw, read_metadata
+
+    table = open_table(shortlist)
+    column = table.formula_column(formula_column)
+    data = pa.Table.from_batches(list(table.batches(1 << 16, string_columns=(column,))))
+    if table.kind == "parquet":
+        data = data.replace_schema_metadata(table._pq.schema_arrow.metadata)
+    if not {"rank", "prediction", "uncertainty"} <= set(data.column_names):
+        raise IrscreenError(f"{shortlist}: not a shortlist of `irscreen screen` (needs rank, prediction, uncertainty)")
+    png = draw(data, output or shortlist.with_suffix(".png"), column)
+    if read_metadata(data.schema) is None:
+        err.print("no pool statistics in this shortlist (`irscreen screen --plot` records them): "
+                  "drew the shortlist alone")
+    err.print(f"plot: {png}", highlight=False)
 
 
 # --------------------------------------------------------------------------- generate

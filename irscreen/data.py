@@ -87,7 +87,7 @@ def _read_columns(path: Path, columns: list[str], formula_column: str | None):
     from irscreen.io import open_table
 
     table = open_table(path)
-    fcol = table.formula_column(formula_column) if (formula_column or table.find_formula_column()) else None
+    fcol = table.formula_column(formula_column) if formula_column else table.find_formula_column()
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise IrscreenError(f"{path}: no column {missing[0]!r} (columns: {', '.join(table.columns)})")

@@ -33,8 +33,7 @@ FORMULA, ENERGY = "formula", "formation_energy_per_atom"
 ENERGY_COLUMNS = (ENERGY, "formation_energy", "formation_enthalpy", "e_form", "delta_e", "energy", "target")
 
 _Q = float(2**32)  # atomic fractions are compared on this grid
-_SEED = 0xCBF29CE484222325  # FNV-1a offset basis
-_PRIME = np.uint64(0x100000001B3)
+_SEED = 0x9E3779B97F4A7C15
 
 
 def sort_by_element(elements: np.ndarray, fractions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -51,11 +50,18 @@ def composition_codes(z_sorted: np.ndarray, f_sorted: np.ndarray) -> np.ndarray:
     return np.where(z_sorted > 0, (z_sorted << 34) | q, 0)
 
 
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: every input bit reaches every output bit."""
+    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+
 def row_hash(values: np.ndarray, seed: int = _SEED) -> np.ndarray:
-    """64-bit FNV-style hash of each row's nonzero values (padding does not count)."""
+    """64-bit hash of each row's nonzero values, in order (padding does not count)."""
     h = np.full(len(values), seed, dtype=np.uint64)
     for col in np.asarray(values, dtype=np.int64).T.astype(np.uint64):
-        h = np.where(col != 0, (h ^ col) * _PRIME, h)
+        h = np.where(col != 0, _mix(h ^ col), h)
     return h
 
 
@@ -93,8 +99,9 @@ class KnownPhases:
         self.elements, self.fractions = z[first, :width], f[first, :width]
         self.codes = codes[first, :width]
         self.seed = unique_hash_seed(self.codes)
-        self._hash = row_hash(self.codes, self.seed)
-        self._order = np.argsort(self._hash)
+        h = row_hash(self.codes, self.seed)
+        self._order = np.argsort(h)
+        self._sorted_hash = h[self._order]
         self._names: dict[int, str] = {}
 
     def __len__(self) -> int:
@@ -146,12 +153,12 @@ class KnownPhases:
         if not len(self) or not len(codes):
             return out
         h = row_hash(codes, self.seed)
-        pos = np.minimum(np.searchsorted(self._hash, h, sorter=self._order), len(self) - 1)
+        pos = np.minimum(np.searchsorted(self._sorted_hash, h), len(self) - 1)
         cand = self._order[pos]
         w = self.codes.shape[1]
         fits = (codes[:, w:] == 0).all(1) if codes.shape[1] > w else np.ones(len(codes), bool)
         mine = codes[:, :w] if codes.shape[1] >= w else np.pad(codes, ((0, 0), (0, w - codes.shape[1])))
-        hit = (self._hash[cand] == h) & fits & (self.codes[cand] == mine).all(1)
+        hit = (self._sorted_hash[pos] == h) & fits & (self.codes[cand] == mine).all(1)
         out[hit] = cand[hit]
         return out
 
@@ -237,3 +244,56 @@ def read_bundle_phases(path: Path) -> KnownPhases:
 def is_formation_energy(target: str, units: str) -> bool:
     """Does a bundle predict a formation energy per atom (so its training data are known phases)?"""
     return units.replace(" ", "") == "eV/atom" and re.search(r"formation|e_?form|delta_?e|dhf", target or "", re.I) is not None
+
+
+#: Familiar compounds whose absence from a phase set a user should hear about (model card).
+COMMON = ("Li2O", "Na2O", "MgO", "CaO", "Al2O3", "SiO2", "TiO2", "ZnO", "FeO", "Fe2O3", "Fe3O4", "NiO", "CuO",
+          "LiF", "NaCl", "KCl", "CaF2", "GaAs", "GaN", "AlN", "SiC", "MoS2", "Li3N", "LiCoO2", "LiFePO4", "BaTiO3",
+          "SrTiO3", "MgAl2O4")
+
+
+def missing_common(phases: KnownPhases) -> tuple[list[str], list[str]]:
+    """(present, missing) among COMMON."""
+    batch = parse_batch(list(COMMON))
+    found = phases.lookup(batch.elements, batch.fractions()) >= 0
+    return [c for c, f in zip(COMMON, found) if f], [c for c, f in zip(COMMON, found) if not f]
+
+
+def write_training_phases(bundle: Path, manifest: dict, td) -> dict:
+    """Store a formation-energy bundle's training data (training and validation rows of
+    :class:`irscreen.data.TrainingData`) as its known phases."""
+    rows = np.union1d(td.train_idx, td.val_idx)
+    return add_phases(bundle, manifest, [td.formulas[i] for i in rows], td.y[rows],
+                      f"{td.path.name}: the training and validation rows, lowest value per reduced formula")
+
+
+def add_phases(bundle: Path, manifest: dict, formulas, energies, source: str) -> dict:
+    """Write ``formulas``/``energies`` (eV/atom) into ``bundle`` as its known phases and
+    list them in ``manifest`` (also how the shipped bundle got its phases)."""
+    from irscreen.models.bundle import write_phases
+
+    phases = KnownPhases.from_formulas(formulas, energies, source)
+    present, missing = missing_common(phases)
+    return write_phases(bundle, manifest, phases.to_table(), {
+        "source": source, "rows_in": len(energies), "common_present": present, "common_missing": missing})
+
+
+def phases_note(info: dict) -> str:
+    """The model card's section on the known phases, from the manifest's ``phases`` entry."""
+    missing = info.get("common_missing") or []
+    present = info.get("common_present") or []
+    return "\n".join([
+        "## Known phases (`--hull`)",
+        "",
+        f"`{info['file']}` holds {info.get('rows', 0):,} compounds ({info.get('source', '')}; "
+        "elements are at 0 eV/atom). `predict`/`screen` mark rows whose reduced formula is one of them "
+        "(`known`, `known_value`), and `--hull` measures each prediction against the lower convex hull they "
+        "span (`hull_distance`).",
+        "",
+        "They are only the training data, not every known compound: "
+        + (f"familiar compounds missing from them include {', '.join(missing)}" if missing else "")
+        + (f" (present: {', '.join(present)})" if present else "")
+        + ". A hull built on an incomplete set sits above the true one, so candidates look more stable than "
+        "they are. Pass `--phases FILE` (formula, formation energy per atom in eV) with a fuller set, such as "
+        "your own DFT results or a Materials Project export on the same energy scale.",
+    ])

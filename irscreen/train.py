@@ -352,15 +352,19 @@ def element_counts(formulas) -> dict[str, int]:
     return {SYMBOLS[i + 1]: int(c) for i, c in enumerate(counts) if c}
 
 
-def finalize_bundle(bundle: Path, td, notes: str = "") -> dict:
+def finalize_bundle(bundle: Path, td, notes: str = "", phases: bool | None = None) -> dict:
     """Score the finished ensemble on the validation rows, calibrate its uncertainty
     there, count the training compositions per element, then write the metrics into the
-    manifest, the learning-curve and parity plots, and the model card."""
+    manifest, the learning-curve and parity plots, and the model card.
+
+    ``phases``: also store the training and validation rows as the bundle's known phases
+    (:mod:`irscreen.phases`); None decides by the target: a formation energy in eV/atom."""
     from irscreen import plots
     from irscreen.evaluate import evaluate_members
     from irscreen.models.calibration import fit_calibration
     from irscreen.models.card import write_card
     from irscreen.models.ensemble import load_model
+    from irscreen.phases import is_formation_energy, phases_note, write_training_phases
 
     bundle = Path(bundle)
     model = load_model(bundle)
@@ -372,6 +376,9 @@ def finalize_bundle(bundle: Path, td, notes: str = "") -> dict:
         manifest["calibration"] = fit_calibration(preds.std(0), preds.mean(0) - y_val)
     manifest["elements"] = {"counts": element_counts([td.formulas[i] for i in td.train_idx]),
                             "min_count": EXTRAPOLATION_MIN_COUNT}
+    if phases if phases is not None else is_formation_energy(manifest.get("target", ""), manifest.get("units", "")):
+        write_training_phases(bundle, manifest, td)
+        notes = "\n\n".join(n for n in (notes, phases_note(manifest["phases"])) if n)
     _bundle.write_json_atomic(bundle / _bundle.MANIFEST, manifest)
     units = manifest.get("units", "")
     plots.learning_curve(manifest["members"], units, bundle / "learning_curve.png")

@@ -273,7 +273,8 @@ def test_shipped_bundle_size_and_listing(monkeypatch):
     assert r.exit_code == 0, r.output
     # the name is what --model takes: it must be shown whole, not cut to "formatio…"
     assert "formation-enthalpy" in r.stdout, r.stdout
-    assert "0.0553" in r.stdout  # the validation MAE
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert f"{m['metrics']['validation']['mae']:.4f}" in r.stdout  # the validation MAE
 
 
 def test_shipped_manifest_fields():
@@ -283,11 +284,11 @@ def test_shipped_manifest_fields():
         assert key in m, key
     assert m["name"] == "formation-enthalpy"
     assert m["units"] == "eV/atom"
-    assert m["features"]["preset"] == "magpie"
     from irscreen.features import PRESETS as FEATURE_PRESETS
 
-    assert m["features"]["labels_sha256"] == FEATURE_PRESETS["magpie"].labels_hash
-    assert len(m["scaler"]["x_mean"]) == len(m["scaler"]["x_std"]) == N_FEATURES
+    preset = FEATURE_PRESETS[m["features"]["preset"]]
+    assert m["features"]["labels_sha256"] == preset.labels_hash
+    assert len(m["scaler"]["x_mean"]) == len(m["scaler"]["x_std"]) == preset.n_features
     assert parse_arch(m["architecture"]).depth == 17
     assert [x["file"] for x in m["members"]] == [f"member-{i}.safetensors" for i in range(3)]
     for member in m["members"]:
@@ -313,18 +314,20 @@ def _few_formulas() -> list[str]:
     return _formulas()[::2]
 
 
+#: |mixed - fp32| and |bf16 - fp32| of the shipped model on these formulas, measured (eV/atom,
+#: member predictions): the bounds below are ~2.5x these, so a real regression fails.
+MEASURED_PRECISION_ERROR = {"mixed": {"mean": 1.26e-3, "max": 8.2e-3}, "bf16": {"mean": 3.25e-3, "max": 1.7e-2}}
+
+
 def test_mixed_and_bf16_precision_close_to_fp32(shipped):
-    X = irscreen.featurize(_few_formulas()).to_numpy()
+    X = irscreen.featurize(_few_formulas(), shipped.preset).to_numpy()
     ref = shipped.predict_members(X, precision="fp32")
-    mixed = shipped.predict_members(X, precision="mixed")
-    bf16 = shipped.predict_members(X, precision="bf16")
     assert np.isfinite(ref).all()
-    d_mixed, d_bf16 = np.abs(mixed - ref), np.abs(bf16 - ref)
-    # eV/atom; the model's own validation MAE is ~0.055
-    assert d_mixed.max() < 0.05 and d_mixed.mean() < 0.005, (d_mixed.max(), d_mixed.mean())
-    assert d_bf16.max() < 0.15 and d_bf16.mean() < 0.015, (d_bf16.max(), d_bf16.mean())
-    assert d_mixed.mean() < d_bf16.mean()
-    assert d_mixed.max() < d_bf16.max()
+    diffs = {p: np.abs(shipped.predict_members(X, precision=p) - ref) for p in ("mixed", "bf16")}
+    for p, d in diffs.items():
+        bound = MEASURED_PRECISION_ERROR[p]
+        assert d.mean() < 2.5 * bound["mean"] and d.max() < 2.5 * bound["max"], (p, d.mean(), d.max())
+    assert diffs["mixed"].mean() < diffs["bf16"].mean()
 
 
 # --------------------------------------------------------------------------- bundles

@@ -5,17 +5,20 @@ A bundle is a directory::
     manifest.json          what the model is, how it was trained, how to feed it
     member-0.safetensors   one file per ensemble member (training form, BatchNorm unfolded)
     member-1.safetensors
+    phases.parquet         known phases (formation-energy bundles): reduced formula and
+                           DFT formation energy per atom of every training composition
     README.md              the model card
     learning_curve.png, parity.png
 
-Loading verifies every member's sha256, the feature labels' hash, and the element data
+Loading verifies every member's sha256 (and the phases file's), the feature labels' hash, and the element data
 the features were computed from (a hash of the tables, plus feature values of a fixed
 set of probe formulas to compare against when the hash differs). Weights are
 safetensors and everything else JSON: never pickle.
 
 Manifest fields added over time are optional on reading, so older bundles still load:
 ``features.element_data`` and ``features.probe`` (element-data check),
-``calibration`` (uncertainty scale), ``elements`` (training counts per element).
+``calibration`` (uncertainty scale), ``elements`` (training counts per element),
+``phases`` (the known phases file).
 """
 from __future__ import annotations
 
@@ -258,3 +261,42 @@ def add_member(bundle: Path, manifest: dict, state: dict, storage: str, info: di
     manifest["members"].append({"file": name, "sha256": sha256_file(bundle / name), **info})
     write_json_atomic(bundle / MANIFEST, manifest)
     return manifest
+
+
+# --------------------------------------------------------------------------- known phases
+
+PHASES = "phases.parquet"
+
+
+def write_phases(bundle: Path, manifest: dict, table, info: dict) -> dict:
+    """The known phases (a pyarrow Table: formula, formation_energy_per_atom) as Parquet
+    beside the members, then the manifest that lists the file with its sha256 (the file is
+    complete and flushed before the manifest names it)."""
+    import pyarrow.parquet as pq
+
+    from irscreen.atomic import fsync_file
+
+    path = Path(bundle) / PHASES
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    fsync_file(tmp)
+    tmp.replace(path)
+    manifest["phases"] = {"file": PHASES, "sha256": sha256_file(path), "rows": table.num_rows, **info}
+    write_json_atomic(Path(bundle) / MANIFEST, manifest)
+    return manifest
+
+
+def verify_phases(bundle_dir: Path, manifest: dict) -> Path | None:
+    """The bundle's phases file, checked against its sha256; None for a bundle without one."""
+    entry = manifest.get("phases")
+    if not entry:
+        return None
+    path = Path(bundle_dir) / entry.get("file", PHASES)
+    if not path.is_file():
+        raise IrscreenError(f"model bundle {bundle_dir}: {path.name} is missing")
+    if sha256_file(path) != entry.get("sha256"):
+        raise IrscreenError(
+            f"model bundle {bundle_dir}: {path.name} does not match the sha256 in {MANIFEST} "
+            "(the file was modified or truncated)"
+        )
+    return path

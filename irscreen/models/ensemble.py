@@ -8,10 +8,12 @@
 the ensemble spread (population std, ddof=0) mapped through the bundle's calibration
 (:mod:`irscreen.models.calibration`; the raw spread for bundles without one), both in the
 bundle's target units. ``extrapolation`` is true for a row holding an element seen in
-fewer than ``min_count`` (20) training compositions of the bundle.
+fewer than ``min_count`` (20) training compositions of the bundle. ``phases`` are the
+known phases a formation-energy bundle carries (:mod:`irscreen.phases`), None otherwise.
 """
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +32,9 @@ INFER_BATCH = {"cpu": 512, "cuda": 8192}
 
 
 class Model:
-    def __init__(self, path: Path, manifest: dict, nets: list[Net]):
+    def __init__(self, path: Path, manifest: dict, nets: list[Net], phases_file: Path | None = None):
         self.path = Path(path)
+        self.phases_file = phases_file
         self.manifest = manifest
         self.nets = nets
         self.scaler = Scaler.from_json(manifest["scaler"])
@@ -57,6 +60,16 @@ class Model:
     @property
     def n_members(self) -> int:
         return len(self.nets)
+
+    @cached_property
+    def phases(self):
+        """The bundle's known phases (:class:`irscreen.phases.KnownPhases`), read on first
+        use (its sha256 was checked at load); None for a bundle without them."""
+        if self.phases_file is None:
+            return None
+        from irscreen.phases import read_bundle_phases
+
+        return read_bundle_phases(self.phases_file)
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, target={self.target!r}, members={self.n_members}, arch={self.manifest['architecture']!r})"
@@ -145,6 +158,7 @@ def load_model(name_or_dir: str | Path = "formation-enthalpy") -> Model:
     manifest = _bundle.read_manifest(path)
     _bundle.check_features(path, manifest)
     files = _bundle.verify_members(path, manifest)
+    phases_file = _bundle.verify_phases(path, manifest)
     arch = parse_arch(manifest["architecture"])
     n_features = manifest["features"]["n_features"]
     nets = []
@@ -157,4 +171,4 @@ def load_model(name_or_dir: str | Path = "formation-enthalpy") -> Model:
             raise IrscreenError(f"model bundle {path}: {f.name} does not fit architecture {arch.spec!r} ({str(e).splitlines()[0]})") from None
         net.eval()
         nets.append(net)
-    return Model(path, manifest, nets)
+    return Model(path, manifest, nets, phases_file)

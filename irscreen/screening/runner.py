@@ -5,6 +5,12 @@ keeps memory independent of the input size, and every batch is committed to the 
 state (:mod:`irscreen.screening.state`), so ``--resume`` after a kill anywhere gives the
 shortlist an uninterrupted run gives. The shortlist and its rejects file are committed
 together (:mod:`irscreen.atomic`).
+
+With ``hull`` the ranked value is the hull distance (:mod:`irscreen.screening.hull`). The
+hull energy is never above 0, so a row's hull distance is never below its prediction: a
+row whose prediction already scores above the running cutoff cannot enter the shortlist,
+and gets no hull (the pruning is exact, so the shortlist equals sorting ``predict
+--hull`` output). ``plot`` turns that off: the picture shows every row's hull distance.
 """
 from __future__ import annotations
 
@@ -24,13 +30,17 @@ from irscreen.pipeline import DEFAULT_BATCH_ROWS, FeaturizedBatch, RejectsLog, S
 from irscreen.screening import objectives
 from irscreen.screening.filters import element_filter, system_and_composition
 from irscreen.config import DEFAULT_MODEL, DEFAULT_PRECISION
+from irscreen.screening.hull import decomposition_text, hull_columns, hull_energy, known_columns
+from irscreen.screening.pool import PoolStats, new_pool, ranking_value, with_metadata
 from irscreen.screening.predict import (
-    OUTPUT_COLUMNS,
+    Phases,
     check_new_columns,
     check_precision,
     device_type,
     load,
+    new_columns,
     output_arrays,
+    resolve_phases,
 )
 from irscreen.screening.state import ScreenState, fingerprint
 from irscreen.screening.topk import TopK
@@ -48,6 +58,9 @@ class ScreenOptions:
     max_per_system: int | None = None
     unique: bool = False
     precision: str = DEFAULT_PRECISION
+    hull: bool = False  # rank by hull distance to the known phases
+    exclude_known: bool = False  # leave known phases out of the shortlist
+    plot: bool = False  # gather pool statistics and draw the shortlist's picture
 
     def validate(self) -> None:
         if self.top <= 0:
@@ -66,6 +79,9 @@ class ScreenOptions:
         both = set(self.include_elements) & set(self.exclude_elements)
         if both:
             raise IrscreenError(f"{sorted(both)[0]} is both included and excluded")
+        if self.hull and self.objective != "minimize":
+            raise IrscreenError("--hull ranks by the lowest hull distance; it does not combine with --maximize or "
+                                "--target-value")
         check_precision(self.precision)
 
     def score(self, mean: np.ndarray, sigma: np.ndarray) -> np.ndarray:
@@ -80,15 +96,22 @@ class ScreenResult:
     filtered: int = 0
     cutoff: float = float("nan")
     formula_column: str = "formula"
+    known_left_out: int = 0  # --exclude-known: screened rows that are known phases
+    hull_rows: int = 0  # rows that needed a hull energy
+    phases: str = ""  # which known phases the known/hull columns use
+    phases_rejects: str = ""  # the --phases file's rejects
+    phases_rejected: int = 0
+    plot: str = ""  # the shortlist's picture
 
     def to_pandas(self):
         return self.shortlist.to_pandas()
 
 
 def screen_file(input_path, output_path, opts: ScreenOptions, *, model=DEFAULT_MODEL, formula_column=None,
-                device="auto", jobs=1, batch_rows=DEFAULT_BATCH_ROWS, rejects_path=None, resume=False, progress=None,
-                _kill=None) -> ScreenResult:
+                device="auto", jobs=1, batch_rows=DEFAULT_BATCH_ROWS, rejects_path=None, resume=False, phases=None,
+                progress=None, _kill=None) -> ScreenResult:
     """Screen INPUT for the best ``opts.top`` rows; writes OUTPUT (Parquet/CSV) and its rejects.
+    ``phases``: a phases file replacing the model's own known phases.
 
     ``_kill(point)``: a test hook called at every commit point of every batch (and of the
     final write); raising there simulates a kill."""
@@ -102,106 +125,171 @@ def screen_file(input_path, output_path, opts: ScreenOptions, *, model=DEFAULT_M
     dev = device_type(device)
     table = open_table(input_path)
     column = table.formula_column(formula_column)
-    check_new_columns(table.columns, ("rank",) + OUTPUT_COLUMNS)
     output_path = Path(output_path)
+    src = resolve_phases(m, phases, output_path, opts.hull)
+    if opts.exclude_known and src.phases is None:
+        raise IrscreenError(f"--exclude-known needs known phases: model {m.name!r} has none; pass --phases FILE")
+    check_new_columns(table.columns, ["rank", *new_columns(m, src, opts.hull), *(["decomposition"] if opts.hull else [])])
     rejects_path = Path(rejects_path) if rejects_path else default_rejects_path(output_path)
     recover(output_path)
     identity = {
         "input": str(Path(input_path).resolve()), "fingerprint": fingerprint(Path(input_path)),
         "model": str(m.path.resolve()), "members": [mm["sha256"] for mm in m.manifest["members"]],
-        "options": asdict(opts), "column": column, "batch_rows": batch_rows, "device": dev, "irscreen": __version__,
+        "phases": src.sha256, "options": asdict(opts), "column": column, "batch_rows": batch_rows, "device": dev,
+        "irscreen": __version__,
     }
     state = ScreenState(output_path, identity)
     top = TopK(opts.top, opts.max_per_system, opts.unique)
-    counters = {"rows_done": 0, "batches": 0, "rejected": 0, "screened": 0, "filtered": 0}
+    counters = {"rows_done": 0, "batches": 0, "rejected": 0, "screened": 0, "filtered": 0, "known_left_out": 0,
+                "hull_rows": 0}
+    pool = new_pool(m, opts) if opts.plot else None
     if resume:
         saved = state.load()
         if saved is not None:
             counters = {k: saved[k] for k in counters}
             top.table = saved["top"]
+            pool = PoolStats.from_json(saved["pool"]) if opts.plot else None
     else:
         state.clear()
 
     for fb in featurize_table(table, column, m.preset, "fast", batch_rows, jobs, skip_rows=counters["rows_done"]):
-        cand = _score_batch(fb, m, opts, dev)
+        cand, n = _score_batch(fb, m, opts, dev, src.phases, top.cutoff, pool)
         top.offer(cand)
         counters["rows_done"] += fb.n_in
         counters["batches"] += 1
         counters["rejected"] += fb.rejects.num_rows
         counters["screened"] += fb.rows.num_rows
-        counters["filtered"] += fb.rows.num_rows - cand.num_rows
-        state.save(counters, top.table, fb.rejects, _kill=_kill)
+        for k in ("filtered", "known_left_out", "hull_rows"):
+            counters[k] += n[k]
+        state.save({**counters, **({"pool": pool.to_json()} if pool else {})}, top.table, fb.rejects, _kill=_kill)
         if progress:
             cut = top.cutoff
             progress(counters["rows_done"], table.num_rows, "" if not np.isfinite(cut) else f"cutoff {cut:.4g}")
 
     if counters["rows_done"] == 0:
         raise IrscreenError(f"{table.path}: file has no rows")
-    held = top.table if top.table is not None else (top.schema or _fallback_schema(table)).empty_table()
-    shortlist = _finish(held)
+    held = top.table if top.table is not None else (top.schema or _fallback_schema(table, m, src, opts)).empty_table()
+    shortlist = _finish(held, src.phases if opts.hull else None, column)
+    if pool:
+        shortlist = with_metadata(shortlist, {"pool": pool.to_json(), "options": asdict(opts), "model": m.name,
+                                              "formula_column": column, "phases": src.label})
     out = AtomicWriter(output_path, shortlist.schema)
     rejects = RejectsLog(rejects_path)
+    phase_rejects = AtomicWriter(src.rejects_path, src.rejects.schema) if src.rejects is not None else None
     try:
         out.write(shortlist)
         for part in state.rejects_parts():
             rejects.add(pq.read_table(part))
+        pending = [out.finish(), rejects.finish()]
+        if phase_rejects:
+            phase_rejects.write(src.rejects)
+            pending.append(phase_rejects.finish())
         _kill and _kill("final-write")
-        commit_together([out.finish(), rejects.finish()],
-                        _after_rename=(lambda i: _kill(f"final-rename-{i}")) if _kill else None)
+        commit_together(pending, _after_rename=(lambda i: _kill(f"final-rename-{i}")) if _kill else None)
     except BaseException:
-        out.abort()
-        rejects.abort()
+        for w in (out, rejects, phase_rejects):
+            w and w.abort()
         raise
     state.clear()
+    plot = ""
+    if pool:
+        from irscreen.screening.pool import draw
+
+        plot = str(draw(shortlist, output_path.with_suffix(".png")))
     s = Summary(rows_read=counters["rows_done"], rows_ok=counters["screened"], rows_rejected=counters["rejected"],
                 seconds=time.perf_counter() - t0, output=str(output_path), rejects=str(rejects_path))
-    return ScreenResult(s, shortlist, counters["screened"], counters["filtered"], top.cutoff, column)
+    return ScreenResult(s, shortlist, counters["screened"], counters["filtered"], top.cutoff, column,
+                        known_left_out=counters["known_left_out"], hull_rows=counters["hull_rows"], phases=src.label,
+                        phases_rejects=str(src.rejects_path or ""),
+                        phases_rejected=src.rejects.num_rows if src.rejects is not None else 0, plot=plot)
 
 
-def _score_batch(fb: FeaturizedBatch, m, opts: ScreenOptions, dev: str) -> pa.Table:
-    idx = np.flatnonzero(element_filter(fb.elements, opts.include_elements, opts.exclude_elements, opts.max_elements))
-    rows = fb.rows if len(idx) == fb.rows.num_rows else fb.rows.take(pa.array(idx))
+def _score_batch(fb: FeaturizedBatch, m, opts: ScreenOptions, dev: str, phases, cutoff: float,
+                 pool: PoolStats | None) -> tuple[pa.Table, dict]:
+    """The batch's rows that can enter the shortlist, with their columns and ``_score``;
+    and how many rows the element filters and --exclude-known left out, and how many got a hull."""
+    keep = element_filter(fb.elements, opts.include_elements, opts.exclude_elements, opts.max_elements)
+    n = {"filtered": int((~keep).sum()), "known_left_out": 0, "hull_rows": 0}
+    if phases is not None:
+        known, known_idx = known_columns(phases, fb.elements, fb.fractions)
+        if opts.exclude_known:  # before inference: a known row costs no model time
+            n["known_left_out"] = int((keep & known["known"]).sum())
+            keep &= ~known["known"]
+    idx = np.flatnonzero(keep)
     cols = m.outputs(m.predict_members(fb.X[idx], opts.precision, dev), fb.elements[idx])
+    if phases is not None:
+        cols.update({k: v[idx] for k, v in known.items()})
+    # score the float32 values the shortlist shows, so ranking agrees with sorting the output
+    sigma = cols["uncertainty"].astype(np.float32).astype(np.float64)
+    score = opts.score(cols["prediction"].astype(np.float32).astype(np.float64), sigma)
+    if opts.hull:
+        # hull distance >= prediction, so a row already past the cutoff needs no hull (unless pictured)
+        need = np.arange(len(idx)) if pool else np.flatnonzero(score <= cutoff)
+        idx, sigma = idx[need], sigma[need]
+        cols = {k: v[need] for k, v in cols.items()}
+        cols.update(hull_columns(phases, fb.elements[idx], fb.fractions[idx], cols["prediction"], cols["uncertainty"],
+                                 known_idx[idx]))
+        score = opts.score(cols["hull_distance"].astype(np.float64), sigma)
+        n["hull_rows"] = len(idx)
+    if pool:
+        pool.add(ranking_value(score, opts.objective), fb.elements[idx], cols.get("known"))
+    rows = fb.rows if len(idx) == fb.rows.num_rows else fb.rows.take(pa.array(idx))
     t = pa.Table.from_batches([rows])
     for fld, arr in output_arrays(cols):
         t = t.append_column(fld, arr)
-    # score the float32 values the shortlist shows, so ranking agrees with sorting the output
-    mean = cols["prediction"].astype(np.float32).astype(np.float64)
-    sigma = cols["uncertainty"].astype(np.float32).astype(np.float64)
-    t = t.append_column("_score", pa.array(opts.score(mean, sigma)))
+    t = t.append_column("_score", pa.array(score))
     t = t.append_column("_row", pa.array(fb.row_numbers()[idx], pa.int64()))
     if opts.unique or opts.max_per_system:
         systems, comps = system_and_composition(fb.elements[idx], fb.fractions[idx])
         t = t.append_column("_system", pa.array(systems, pa.string()))
         t = t.append_column("_comp", pa.array(comps, pa.string()))
-    return t
+    return t, n
 
 
-def _fallback_schema(table) -> pa.Schema:
+def _fallback_schema(table, m, src: Phases, opts: ScreenOptions) -> pa.Schema:
+    """The shortlist's columns when no row ever reached it (every row rejected or filtered)."""
     return pa.schema([pa.field(c, pa.string()) for c in table.columns]
-                     + [pa.field("prediction", pa.float32()), pa.field("uncertainty", pa.float32()),
-                        pa.field("extrapolation", pa.bool_())])
+                     + [pa.field(c, pa.bool_() if c in ("extrapolation", "known") else pa.float32())
+                        for c in new_columns(m, src, opts.hull)])
 
 
-def _finish(t: pa.Table) -> pa.Table:
+def _finish(t: pa.Table, hull_phases=None, column: str = "formula") -> pa.Table:
+    """Drop the helper columns and number the rows; with a hull, add each row's decomposition."""
     t = t.drop_columns([c for c in t.column_names if c.startswith("_")])
+    if hull_phases is not None:
+        t = t.append_column("decomposition", pa.array(_decompositions(hull_phases, t.column(column)), pa.string()))
     return t.add_column(0, "rank", pa.array(np.arange(1, t.num_rows + 1), pa.int32()))
+
+
+def _decompositions(phases, formulas: pa.ChunkedArray) -> list[str]:
+    """'0.5 Li2O + 0.5 FeO' per shortlisted row: the known phases (its own excluded) whose
+    hull energy its hull distance is measured from. Only the K shortlisted rows get one."""
+    from irscreen.composition import parse_batch
+
+    if not len(formulas):
+        return []
+    b = parse_batch(formulas.combine_chunks())
+    els, fr = b.elements, b.fractions()
+    _, parts = hull_energy(phases, els, fr, exclude=phases.lookup(els, fr), decompose=True)
+    return [decomposition_text(p) for p in parts]
 
 
 def screen(source, top: int = 100, *, model=DEFAULT_MODEL, output=None, minimize=True, maximize=False,
            target_value=None, kappa=0.0, include_elements=(), exclude_elements=(), max_elements=None,
            max_per_system=None, unique=False, precision=DEFAULT_PRECISION, device="auto", jobs=1,
-           batch_rows=DEFAULT_BATCH_ROWS, formula_column=None):
+           batch_rows=DEFAULT_BATCH_ROWS, formula_column=None, hull=False, phases=None, exclude_known=False):
     """Notebook API mirroring ``irscreen screen``: returns the shortlist as a pandas DataFrame.
 
     ``source``: a Parquet/CSV path, or in-memory formulas (list, pandas/polars DataFrame
-    with a formula column, pyarrow Table). ``output``: also write the shortlist there."""
+    with a formula column, pyarrow Table). ``output``: also write the shortlist there.
+    ``hull``: rank by hull distance; ``phases``: a phases file instead of the model's."""
     import tempfile
 
     objective = "target" if target_value is not None else ("maximize" if maximize else "minimize")
     opts = ScreenOptions(top=top, objective=objective, target_value=target_value, kappa=kappa,
                          include_elements=list(include_elements), exclude_elements=list(exclude_elements),
-                         max_elements=max_elements, max_per_system=max_per_system, unique=unique, precision=precision)
+                         max_elements=max_elements, max_per_system=max_per_system, unique=unique, precision=precision,
+                         hull=hull, exclude_known=exclude_known)
     with tempfile.TemporaryDirectory(prefix="irscreen-") as tmp:
         path = source
         if not isinstance(source, (str, Path)):
@@ -209,7 +297,7 @@ def screen(source, top: int = 100, *, model=DEFAULT_MODEL, output=None, minimize
             pq.write_table(_as_arrow(source), path)
         out = Path(output) if output else Path(tmp) / "shortlist.parquet"
         res = screen_file(path, out, opts, model=model, formula_column=formula_column, device=device, jobs=jobs,
-                          batch_rows=batch_rows, rejects_path=Path(tmp) / "rejects.parquet")
+                          batch_rows=batch_rows, rejects_path=Path(tmp) / "rejects.parquet", phases=phases)
         return res.shortlist.to_pandas()
 
 
