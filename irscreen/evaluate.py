@@ -23,9 +23,10 @@ def metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     }
 
 
-def evaluate_members(member_preds: np.ndarray, y_true: np.ndarray) -> dict:
-    """member_preds: (members, n). Returns ensemble metrics plus a 'members' list."""
-    out = metrics(y_true, member_preds.mean(0))
+def evaluate_members(member_preds: np.ndarray, y_true: np.ndarray, prediction: np.ndarray | None = None) -> dict:
+    """member_preds: (members, n). Returns metrics of the ensemble's ``prediction`` (default:
+    the members' mean) plus a 'members' list."""
+    out = metrics(y_true, member_preds.mean(0) if prediction is None else prediction)
     out["members"] = [metrics(y_true, p) for p in member_preds]
     return out
 
@@ -55,15 +56,16 @@ def evaluate_file(path, model_name, target, *, formula_column=None, split="all",
     else:
         idx = np.arange(len(td.y))
     preds = model.predict_members(td.X[idx], precision=precision)
-    res = evaluate_members(preds, td.y[idx])
+    res_pred = model.outputs(preds)["prediction"]
+    res = evaluate_members(preds, td.y[idx], res_pred)
     if model.n_members > 1:
         from irscreen.models.calibration import coverage
 
-        res["uncertainty"] = coverage(model.uncertainty(preds), np.abs(preds.mean(0) - td.y[idx]))
+        res["uncertainty"] = coverage(model.uncertainty(preds), np.abs(res_pred - td.y[idx]))
     res.update({"model": model.name, "split": split, "rejected": td.rows_rejected, "precision": precision})
     if plot:
         from irscreen import plots
 
         label = f"{model.target} ({model.units})" if model.units else model.target
-        plots.parity(td.y[idx], preds.mean(0), label, Path(plot))
+        plots.parity(td.y[idx], res_pred, label, Path(plot))
     return res

@@ -45,6 +45,9 @@ class Recipe:
     train: dict = field(default_factory=dict)  # TrainConfig fields
     #: Published test MAEs on the held-back test split of this benchmark set (CrabNet paper, Table 2).
     published: dict = field(default_factory=dict)
+    #: The property's physical lower bound (a band gap is >= 0): the prediction is clipped to it,
+    #: and the bundle's manifest and model card say so.
+    output_min: float | None = None
 
     def command(self, data_dir: str = "../shared/data") -> str:
         """The shell command that builds this bundle from a clone's root."""
@@ -90,7 +93,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
         description="DFT band gap (OQMD)",
         source="OQMD band gaps via the CrabNet benchmark set OQMD_Bandgap (source train/val split)",
         license="CC BY 4.0 (OQMD)", citations=[IRNET, *OQMD, CRABNET], split_column="split",
-        train=dict(_COMMON, epochs=40), published=_published(0.088, 0.049, 0.048, 0.148, 0.060),
+        train=dict(_COMMON, epochs=40), published=_published(0.088, 0.049, 0.048, 0.148, 0.060), output_min=0.0,
     ),
 ]}
 
@@ -132,4 +135,5 @@ def build(name: str, data_dir: str | Path = "../shared/data", output: str | Path
     return train_bundle(td, cfg, Path(output or Path("build") / name), name=name, units=recipe.units,
                         description=recipe.description, target_name=recipe.target, resume=resume,
                         data_info={"source": recipe.source, "license": recipe.license, "published": recipe.published},
-                        citations=recipe.citations, command=command, on_epoch=on_epoch)
+                        citations=recipe.citations, command=command, output_min=recipe.output_min,
+                        on_epoch=on_epoch)

@@ -309,7 +309,8 @@ def _cfg_key(cfg: TrainConfig) -> str:
 
 def train_bundle(td, cfg: TrainConfig, output, *, name: str, units: str = "", description: str = "",
                  target_name: str | None = None, data_info: dict | None = None, citations: list[str] | None = None,
-                 command: str | None = None, resume: bool = False, checkpoint_dir=None, on_epoch=None) -> dict:
+                 command: str | None = None, output_min: float | None = None, resume: bool = False,
+                 checkpoint_dir=None, on_epoch=None) -> dict:
     """Train an ensemble on :class:`irscreen.data.TrainingData` into the bundle ``output``,
     then score, calibrate and document it (:func:`finalize_bundle`)."""
     from irscreen.features import get_preset
@@ -330,6 +331,8 @@ def train_bundle(td, cfg: TrainConfig, output, *, name: str, units: str = "", de
     )
     if command:
         manifest["command"] = command
+    if output_min is not None:
+        manifest["output_min"] = float(output_min)
     out = Path(output)
     train_ensemble(td.X, td.y, td.train_idx, td.val_idx, cfg, out, manifest, checkpoint_dir=checkpoint_dir,
                    resume=resume, on_epoch=on_epoch)
@@ -371,9 +374,10 @@ def finalize_bundle(bundle: Path, td, notes: str = "", phases: bool | None = Non
     X_val, y_val = td.X[td.val_idx], td.y[td.val_idx]
     preds = model.predict_members(X_val)
     manifest = model.manifest
-    manifest["metrics"]["validation"] = evaluate_members(preds, y_val)
+    prediction = model.outputs(preds)["prediction"]  # what users get (clipped where the bundle says so)
+    manifest["metrics"]["validation"] = evaluate_members(preds, y_val, prediction)
     if len(preds) > 1:
-        manifest["calibration"] = fit_calibration(preds.std(0), preds.mean(0) - y_val)
+        manifest["calibration"] = fit_calibration(preds.std(0), prediction - y_val)
     manifest["elements"] = {"counts": element_counts([td.formulas[i] for i in td.train_idx]),
                             "min_count": EXTRAPOLATION_MIN_COUNT}
     if phases if phases is not None else is_formation_energy(manifest.get("target", ""), manifest.get("units", "")):
@@ -384,7 +388,7 @@ def finalize_bundle(bundle: Path, td, notes: str = "", phases: bool | None = Non
     plots.learning_curve(manifest["members"], units, bundle / "learning_curve.png")
     label = f"{manifest.get('target')} ({units})" if units else str(manifest.get("target"))
     ens = manifest["metrics"]["validation"]
-    plots.parity(y_val, preds.mean(0), label, bundle / "parity.png",
+    plots.parity(y_val, prediction, label, bundle / "parity.png",
                  title=f"validation, n = {ens['n']:,}, ensemble MAE = {ens['mae']:.4f}")
     write_card(bundle, manifest, notes)
     return manifest

@@ -535,3 +535,13 @@ def test_other_element_data_refused_when_features_differ(bundle_copy):
         m["features"]["probe"]["values"][0][10] *= 1.001  # one feature of Fe2O3, 1e-3 relative
     _edit_manifest(bundle_copy, edit)
     refused(bundle_copy, "other element data", "probe")
+
+
+def test_output_min_clips_the_prediction_only(bundle_copy):
+    X = irscreen.featurize(_few_formulas()).to_numpy(np.float32)
+    P = load_model(bundle_copy).predict_members(X)
+    bound = float(np.median(P.mean(0)))  # half the rows fall below it
+    _edit_manifest(bundle_copy, lambda m: m.update(output_min=bound))
+    out = load_model(bundle_copy).outputs(P, members=True)
+    np.testing.assert_array_equal(out["prediction"], np.maximum(P.mean(0), np.float32(bound)))
+    np.testing.assert_array_equal(out["member_0"], P[0])  # members are the raw networks

@@ -93,6 +93,9 @@ def card_text(m: dict, notes: str = "") -> str:
         "- Ranking large pools of hypothetical compositions before DFT; not a substitute for DFT.",
         "- Composition only: polymorphs of one formula get the same prediction.",
     ]
+    if m.get("output_min") is not None:
+        lines += [f"- `prediction` is the ensemble mean clipped at {m['output_min']:g} {units}, the property's lower "
+                  "bound; `member_k` columns and `uncertainty` are not clipped."]
     if el:
         rare = sorted((s for s, c in el["counts"].items() if c < el["min_count"]), key=str)
         lines += [f"- `extrapolation` is true for a row holding an element seen in fewer than {el['min_count']} "

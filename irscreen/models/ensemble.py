@@ -42,6 +42,7 @@ class Model:
         self._folded = [fold(n) for n in nets]
         self._engines: dict = {}
         self.calibration = manifest.get("calibration")
+        self.output_min = manifest.get("output_min")
         self._rare = _rare_elements(manifest.get("elements"))
 
     # -- description ---------------------------------------------------------------
@@ -115,7 +116,10 @@ class Model:
 
     def outputs(self, P: np.ndarray, elements: np.ndarray | None = None, members: bool = False) -> dict[str, np.ndarray]:
         """The prediction columns of ``predict``/``screen`` from per-member predictions."""
-        out = {"prediction": P.mean(0), "uncertainty": self.uncertainty(P)}
+        mean = P.mean(0)
+        if self.output_min is not None:  # a physical bound (band gap >= 0), stated in the model card
+            mean = np.maximum(mean, np.float32(self.output_min))
+        out = {"prediction": mean, "uncertainty": self.uncertainty(P)}
         if elements is not None:
             out["extrapolation"] = self.extrapolation(elements)
         if members:
