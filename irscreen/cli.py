@@ -104,25 +104,45 @@ def _exit_for(s) -> None:
 # --------------------------------------------------------------------------- featurize
 
 
+SCHEDULER_HELP = "Run on the Dask cluster whose scheduler is at this address (tcp://host:8786, or a scheduler file)."
+WORKERS_HELP = "Run on a local Dask cluster of N worker processes (the machine's cores shared among them)."
+CLUSTER_INPUT = " With --scheduler or --workers: also a directory of Parquet files, or a glob in quotes."
+
+
+def _cluster(scheduler: Optional[str], workers: Optional[int]):
+    """What --scheduler/--workers ask for (irscreen.cluster.connect takes either), or None: one process."""
+    if scheduler and workers:
+        raise IrscreenError("give --scheduler or --workers, not both")
+    return scheduler or workers
+
+
 @app.command()
 def featurize(
-    input: Path = typer.Argument(..., help="Parquet or CSV file with a formula column."),
-    output: Path = typer.Option(..., "-o", "--output", help="Output Parquet (or .csv): input columns + features."),
+    input: Path = typer.Argument(..., help="Parquet or CSV file with a formula column." + CLUSTER_INPUT),
+    output: Path = typer.Option(..., "-o", "--output", help="Output Parquet (or .csv): input columns + features. With --scheduler or --workers, a name without a suffix (or a directory) gets a directory of Parquet parts."),
     formula_column: Optional[str] = typer.Option(None, help="Formula column (default: found by name: formula, composition, reduced_formula, pretty_formula)."),
     preset: str = typer.Option("magpie", help="Feature preset: magpie (145 Magpie descriptors) or fractions."),
     engine: str = typer.Option("fast", help="fast (vectorized) or matminer (the reference implementation)."),
     jobs: int = typer.Option(JOBS_DEFAULT, "--jobs", "-j", help="Worker processes (joblib)."),
     batch_rows: int = typer.Option(DEFAULT_BATCH_ROWS, help="Rows per batch (memory stays flat)."),
     rejects: Optional[Path] = typer.Option(None, help="Rejects file (default: OUTPUT.rejects.parquet)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help=SCHEDULER_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
 ) -> None:
     """Compute composition features for every row of INPUT."""
-    from irscreen.io import open_table
-    from irscreen.pipeline import featurize_file
+    kwargs = dict(formula_column=formula_column, preset=preset, engine=engine, batch_rows=batch_rows, rejects_path=rejects)
+    cluster = _cluster(scheduler, workers)
+    if cluster:
+        from irscreen.cluster import featurize_file
 
-    total = open_table(input).num_rows
+        kwargs["cluster"], total = cluster, None  # the total comes with the first progress report
+    else:
+        from irscreen.io import open_table
+        from irscreen.pipeline import featurize_file
+
+        kwargs["jobs"], total = jobs, open_table(input).num_rows
     with RowProgress("featurize", total) as bar:
-        s = featurize_file(input, output, formula_column=formula_column, preset=preset, engine=engine,
-                           jobs=jobs, batch_rows=batch_rows, rejects_path=rejects, progress=bar)
+        s = featurize_file(input, output, progress=bar, **kwargs)
     _summary(s, "featurized")
     _exit_for(s)
 
@@ -135,7 +155,7 @@ def models() -> None:
     """List the shipped model bundles."""
     import json
 
-    from irscreen.models.bundle import MANIFEST, shipped_names, shipped_root
+    from irscreen.models.bundle import MANIFEST, shipped_in_training, shipped_names, shipped_root
 
     names = shipped_names()
     t = RichTable(title="Shipped models (use --model NAME)")
@@ -149,6 +169,8 @@ def models() -> None:
         t.add_row(name, m.get("target", ""), m.get("units", ""), str(len(m["members"])), m.get("arch_name", m["architecture"]),
                   f"{val['mae']:.4f}" if val else "-", f"{m['data'].get('file', '')} ({m['data'].get('rows', 0):,} rows)")
     out.print(t)
+    for name, (done, planned) in shipped_in_training().items():
+        err.print(f"{name}: in training, {done} of {planned} members (not usable yet)")
 
 
 # --------------------------------------------------------------------------- train
@@ -393,10 +415,10 @@ def screen(
                         f"({'hull distance' if hull else objective})")
     fcol = res.formula_column
     names = res.shortlist.column_names
-    cols = ["rank", fcol, "prediction", "uncertainty", *[c for c in ("hull_distance", "known_value", "decomposition")
-                                                         if c in names], "extrapolation"]
+    cols = ["rank", fcol, "prediction", "uncertainty", *[c for c in ("hull_distance", "known_value") if c in names],
+            "extrapolation"]  # the decomposition is in the file: too wide for a terminal table
     for c in cols:
-        t.add_column(c.replace("known_value", "known (DFT)"), justify="left" if c in (fcol, "decomposition") else "right")
+        t.add_column(c.replace("known_value", "known (DFT)"), justify="left" if c == fcol else "right")
 
     def cell(c, v):
         if c == "extrapolation":
@@ -416,6 +438,8 @@ def screen(
         + (f" ({res.filtered:,} screened rows filtered out)" if res.filtered else "")
         + f" in {s.seconds:.1f} s ({s.rate:,.0f} rows/s)"
     )
+    if hull:
+        err.print(f"--hull: {res.hull_rows:,} rows needed a hull energy (the others scored past the cutoff already)")
     if exclude_known:
         err.print(f"--exclude-known left out {res.known_left_out:,} screened rows that are known phases")
     if "known" in names and not exclude_known:
@@ -438,18 +462,9 @@ def plot(
     formula_column: Optional[str] = typer.Option(None),
 ) -> None:
     """Picture a shortlist: elements against the pool, and the ranking value with the cutoff."""
-    import pyarrow as pa
+    from irscreen.screening.pool import draw, read_metadata, read_shortlist
 
-    from irscreen.io import open_table
-    from irscreen.screening.pool import draw, read_metadata
-
-    table = open_table(shortlist)
-    column = table.formula_column(formula_column)
-    data = pa.Table.from_batches(list(table.batches(1 << 16, string_columns=(column,))))
-    if table.kind == "parquet":
-        data = data.replace_schema_metadata(table._pq.schema_arrow.metadata)
-    if not {"rank", "prediction", "uncertainty"} <= set(data.column_names):
-        raise IrscreenError(f"{shortlist}: not a shortlist of `irscreen screen` (needs rank, prediction, uncertainty)")
+    data, column = read_shortlist(shortlist, formula_column)
     png = draw(data, output or shortlist.with_suffix(".png"), column)
     if read_metadata(data.schema) is None:
         err.print("no pool statistics in this shortlist (`irscreen screen --plot` records them): "

@@ -5,8 +5,9 @@ already-featurized file holding every feature column of the preset. A row is usa
 its formula featurizes (the same rules as ``predict``: a non-finite feature rejects the
 row, naming the feature) and its target is a finite number.
 
-Featurized arrays are cached on disk by the formulas' hash (~/.cache/irscreen/features),
-so retraining on the same data skips featurization.
+Featurized arrays are cached on disk (~/.cache/irscreen/features), keyed by the formulas,
+the preset, the element data and the irscreen version, so retraining on the same data
+skips featurization.
 
 Splits: a seeded random fraction (the IRNet paper's 9:1), or a column whose labels say
 which rows train (``train``) and which validate (``val``); rows with any other label
@@ -101,8 +102,12 @@ def _featurize_cached(formulas_arr, preset: str, jobs: int, console) -> tuple[np
     from irscreen.features import get_preset
     from irscreen.pipeline import featurize_formulas
 
+    from irscreen import __version__
+    from irscreen.features import element_data_fingerprint
+
     spec = get_preset(preset)
-    h = hashlib.sha256(spec.labels_hash.encode())
+    # the features of a formula depend on the preset, the element data and the engine's code
+    h = hashlib.sha256(f"{spec.labels_hash} {element_data_fingerprint()['sha256']} {__version__}".encode())
     for f in formulas_arr.to_pylist():
         h.update(str(f).encode() + b"\n")
     cache = CACHE_DIR / f"{preset}-{h.hexdigest()[:32]}.npz"

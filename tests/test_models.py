@@ -545,3 +545,18 @@ def test_output_min_clips_the_prediction_only(bundle_copy):
     out = load_model(bundle_copy).outputs(P, members=True)
     np.testing.assert_array_equal(out["prediction"], np.maximum(P.mean(0), np.float32(bound)))
     np.testing.assert_array_equal(out["member_0"], P[0])  # members are the raw networks
+
+
+def test_a_shipped_bundle_still_in_training_is_listed_but_not_used(tiny_bundle, tmp_path, monkeypatch):
+    import irscreen.models.bundle as bundle_mod
+
+    root = tmp_path / "weights"
+    shutil.copytree(tiny_bundle[0], root / "ready")
+    shutil.copytree(tiny_bundle[0], root / "half-done")
+    _edit_manifest(root / "half-done", lambda m: m["hyperparameters"].update(ensemble=3))  # 2 of 3 members
+    monkeypatch.setattr(bundle_mod, "shipped_root", lambda: root)
+    assert bundle_mod.shipped_names() == ["ready"]
+    assert bundle_mod.shipped_in_training() == {"half-done": (2, 3)}
+    assert load_model("ready").n_members == 2
+    msg = refused("half-done", "still in training", "2 of 3", "--resume")
+    assert "\n" not in msg

@@ -69,9 +69,25 @@ def shipped_root() -> Path:
     return Path(str(resources.files("irscreen.weights")))
 
 
-def shipped_names() -> list[str]:
+def in_training(manifest: dict) -> bool:
+    """A bundle whose ensemble is not complete yet (``irscreen build --resume`` continues it)."""
+    return len(manifest.get("members", [])) < int(manifest.get("hyperparameters", {}).get("ensemble", 0))
+
+
+def _shipped() -> dict[str, dict]:
     root = shipped_root()
-    return sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file())
+    return {p.name: json.loads((p / MANIFEST).read_text()) for p in sorted(root.iterdir()) if (p / MANIFEST).is_file()}
+
+
+def shipped_names() -> list[str]:
+    """The shipped bundles ready for use (not those still in training)."""
+    return [name for name, m in _shipped().items() if not in_training(m)]
+
+
+def shipped_in_training() -> dict[str, tuple[int, int]]:
+    """Shipped bundles still in training: name -> (members trained, members planned)."""
+    return {name: (len(m["members"]), int(m["hyperparameters"]["ensemble"]))
+            for name, m in _shipped().items() if in_training(m)}
 
 
 def resolve(name_or_dir: str | os.PathLike) -> Path:
@@ -79,6 +95,11 @@ def resolve(name_or_dir: str | os.PathLike) -> Path:
     text = str(name_or_dir)
     if text in shipped_names():
         return shipped_root() / text
+    training = shipped_in_training()
+    if text in training:
+        done, planned = training[text]
+        raise IrscreenError(f"model {text!r} is still in training ({done} of {planned} members); "
+                            f"`irscreen build {text} --resume -o weights/{text}` continues it")
     path = Path(text).expanduser()
     if path.is_dir():
         if not (path / MANIFEST).is_file():
