@@ -111,8 +111,10 @@ CLUSTER_INPUT = " With --scheduler or --workers: also a directory of Parquet fil
 
 def _cluster(scheduler: Optional[str], workers: Optional[int]):
     """What --scheduler/--workers ask for (irscreen.cluster.connect takes either), or None: one process."""
-    if scheduler and workers:
+    if scheduler and workers is not None:
         raise IrscreenError("give --scheduler or --workers, not both")
+    if workers is not None and workers < 1:
+        raise IrscreenError(f"--workers must be >= 1 (got {workers})")
     return scheduler or workers
 
 
@@ -231,6 +233,8 @@ def build(
     data_dir: Path = typer.Option(Path("../shared/data"), help="Directory holding the training data files."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Bundle directory (default: build/NAME)."),
     resume: bool = typer.Option(False, help="Continue an interrupted build (finished members are kept)."),
+    members: Optional[int] = typer.Option(None, help="Build only the first N members now and finalize them as a "
+                                          "usable ensemble; a later --resume adds the rest."),
     jobs: int = typer.Option(JOBS_DEFAULT, "--jobs", "-j", help="Featurization worker processes."),
 ) -> None:
     """Build a shipped model bundle from its recipe (the command its manifest records)."""
@@ -239,7 +243,7 @@ def build(
     recipe = get_recipe(name)
     td = load_recipe_data(recipe, data_dir, jobs=jobs, console=err)
     with _EpochProgress(recipe.train.get("ensemble", 1), td.scaler.y_std) as on_epoch:
-        manifest = build_recipe(name, data_dir, output, resume=resume, td=td, on_epoch=on_epoch)
+        manifest = build_recipe(name, data_dir, output, resume=resume, td=td, on_epoch=on_epoch, members=members)
     _trained(output or Path("build") / name, manifest, td)
 
 
@@ -439,7 +443,8 @@ def screen(
         + f" in {s.seconds:.1f} s ({s.rate:,.0f} rows/s)"
     )
     if hull:
-        err.print(f"--hull: {res.hull_rows:,} rows needed a hull energy (the others scored past the cutoff already)")
+        err.print(f"--hull: {res.hull_rows:,} rows needed a hull energy, {res.hull_seconds:.1f} s (the others scored "
+                  "past the cutoff already)")
     if exclude_known:
         err.print(f"--exclude-known left out {res.known_left_out:,} screened rows that are known phases")
     if "known" in names and not exclude_known:

@@ -118,12 +118,13 @@ def load_recipe_data(recipe: Recipe, data_dir: str | Path = "../shared/data", *,
 
 def build(name: str, data_dir: str | Path = "../shared/data", output: str | Path | None = None, *,
           resume: bool = False, jobs: int = 1, overrides: dict | None = None, td=None, console=None,
-          on_epoch=None) -> dict:
+          on_epoch=None, members: int | None = None, checkpoint_dir=None) -> dict:
     """Train the shipped bundle ``name`` into ``output`` (default ``build/NAME``); returns its manifest.
 
     ``overrides`` changes TrainConfig fields (for tests and quick trials); the manifest
     records the build command only when there are none, so it never claims a recipe it
-    did not run. ``td``: the recipe's data, already loaded."""
+    did not run. ``td``: the recipe's data, already loaded. ``members``: build only the first
+    N members of the ensemble now (a usable smaller ensemble; ``resume`` adds the rest)."""
     from irscreen.config import TrainConfig
     from irscreen.train import train_bundle
 
@@ -136,4 +137,4 @@ def build(name: str, data_dir: str | Path = "../shared/data", output: str | Path
                         description=recipe.description, target_name=recipe.target, resume=resume,
                         data_info={"source": recipe.source, "license": recipe.license, "published": recipe.published},
                         citations=recipe.citations, command=command, output_min=recipe.output_min,
-                        on_epoch=on_epoch)
+                        on_epoch=on_epoch, members=members, checkpoint_dir=checkpoint_dir)

@@ -259,8 +259,10 @@ def train_ensemble(
     resume: bool = False,
     on_epoch: Callable[[EpochLog], None] | None = None,
     on_member: Callable[[int, MemberResult], None] | None = None,
+    members: int | None = None,
 ) -> dict:
-    """Train ``cfg.ensemble`` members into ``bundle``; returns the final manifest.
+    """Train ``cfg.ensemble`` members into ``bundle`` (only the first ``members`` of them
+    when given); returns the manifest.
 
     With ``resume``, members already in the bundle's manifest are kept and the first
     unfinished member continues from its checkpoint.
@@ -282,7 +284,7 @@ def train_ensemble(
     ys = scaler.transform_y(y)
     ckpt_root = Path(checkpoint_dir or DEFAULT_CHECKPOINT_DIR) / manifest["data"]["sha256"][:16]
 
-    for k in range(len(manifest["members"]), cfg.ensemble):
+    for k in range(len(manifest["members"]), min(cfg.ensemble, members or cfg.ensemble)):
         ckpt = ckpt_root / f"{_cfg_key(cfg)}-member-{k}"
         res = train_member(
             Xs[train_idx], ys[train_idx], Xs[val_idx], ys[val_idx], cfg,
@@ -310,9 +312,12 @@ def _cfg_key(cfg: TrainConfig) -> str:
 def train_bundle(td, cfg: TrainConfig, output, *, name: str, units: str = "", description: str = "",
                  target_name: str | None = None, data_info: dict | None = None, citations: list[str] | None = None,
                  command: str | None = None, output_min: float | None = None, resume: bool = False,
-                 checkpoint_dir=None, on_epoch=None) -> dict:
+                 checkpoint_dir=None, on_epoch=None, members: int | None = None) -> dict:
     """Train an ensemble on :class:`irscreen.data.TrainingData` into the bundle ``output``,
-    then score, calibrate and document it (:func:`finalize_bundle`)."""
+    then score, calibrate and document it (:func:`finalize_bundle`).
+
+    ``members``: stop after that many members and finalize a usable, smaller ensemble;
+    its manifest keeps the planned size, so ``resume`` later adds the rest."""
     from irscreen.features import get_preset
 
     spec = get_preset(td.preset)
@@ -335,7 +340,7 @@ def train_bundle(td, cfg: TrainConfig, output, *, name: str, units: str = "", de
         manifest["output_min"] = float(output_min)
     out = Path(output)
     train_ensemble(td.X, td.y, td.train_idx, td.val_idx, cfg, out, manifest, checkpoint_dir=checkpoint_dir,
-                   resume=resume, on_epoch=on_epoch)
+                   resume=resume, on_epoch=on_epoch, members=members)
     return finalize_bundle(out, td)
 
 
@@ -380,9 +385,11 @@ def finalize_bundle(bundle: Path, td, notes: str = "", phases: bool | None = Non
         manifest["calibration"] = fit_calibration(preds.std(0), prediction - y_val)
     manifest["elements"] = {"counts": element_counts([td.formulas[i] for i in td.train_idx]),
                             "min_count": EXTRAPOLATION_MIN_COUNT}
-    if phases if phases is not None else is_formation_energy(manifest.get("target", ""), manifest.get("units", "")):
+    if phases is None:
+        phases = is_formation_energy(manifest.get("target", ""), manifest.get("units", ""))
+    if phases:
         write_training_phases(bundle, manifest, td)
-        notes = "\n\n".join(n for n in (notes, phases_note(manifest["phases"])) if n)
+        notes = "\n\n".join(n for n in (notes, phases_note(manifest)) if n)
     _bundle.write_json_atomic(bundle / _bundle.MANIFEST, manifest)
     units = manifest.get("units", "")
     plots.learning_curve(manifest["members"], units, bundle / "learning_curve.png")

@@ -553,7 +553,7 @@ def test_a_shipped_bundle_still_in_training_is_listed_but_not_used(tiny_bundle, 
     root = tmp_path / "weights"
     shutil.copytree(tiny_bundle[0], root / "ready")
     shutil.copytree(tiny_bundle[0], root / "half-done")
-    _edit_manifest(root / "half-done", lambda m: m["hyperparameters"].update(ensemble=3))  # 2 of 3 members
+    _edit_manifest(root / "half-done", lambda m: (m["hyperparameters"].update(ensemble=3), m["metrics"].clear()))
     monkeypatch.setattr(bundle_mod, "shipped_root", lambda: root)
     assert bundle_mod.shipped_names() == ["ready"]
     assert bundle_mod.shipped_in_training() == {"half-done": (2, 3)}

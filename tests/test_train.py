@@ -439,3 +439,21 @@ def test_every_recipe_names_a_shipped_data_file():
     for r in RECIPES.values():
         assert r.data_file.endswith(".parquet") and r.units and r.license and r.citations
         assert r.command() == f"irscreen build {r.name} --data-dir ../shared/data -o weights/{r.name}"
+
+
+def test_build_some_members_now_and_the_rest_later(tmp_path):
+    from irscreen.recipes import RECIPES, build
+
+    recipe = RECIPES["e-above-hull"]
+    formulas = synthetic_formulas()
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    labels = ["val" if i % 5 == 0 else "train" for i in range(len(formulas))]
+    pq.write_table(pa.table({"formula": formulas, "target": synthetic_target(formulas), "split": labels}),
+                   data_dir / recipe.data_file)
+    kw = dict(overrides=dict(arch=TINY, epochs=2, batch_size=32, device="cpu", precision="fp32", ensemble=2))
+    m = build("e-above-hull", data_dir, tmp_path / "b", members=1, checkpoint_dir=tmp_path / "ckpt", **kw)
+    assert len(m["members"]) == 1 and m["hyperparameters"]["ensemble"] == 2 and "validation" in m["metrics"]
+    assert irscreen.load_model(tmp_path / "b").n_members == 1  # usable now
+    m = build("e-above-hull", data_dir, tmp_path / "b", resume=True, checkpoint_dir=tmp_path / "ckpt", **kw)
+    assert len(m["members"]) == 2 and len(m["metrics"]["validation"]["members"]) == 2

@@ -70,8 +70,10 @@ def shipped_root() -> Path:
 
 
 def in_training(manifest: dict) -> bool:
-    """A bundle whose ensemble is not complete yet (``irscreen build --resume`` continues it)."""
-    return len(manifest.get("members", [])) < int(manifest.get("hyperparameters", {}).get("ensemble", 0))
+    """A bundle not finalized yet: members are being trained and it has not been scored
+    (``irscreen build --resume`` continues it). A finalized bundle may hold fewer members
+    than planned (``build --members``); it is usable, and ``--resume`` adds the rest."""
+    return "validation" not in manifest.get("metrics", {})
 
 
 def _shipped() -> dict[str, dict]:
@@ -86,7 +88,7 @@ def shipped_names() -> list[str]:
 
 def shipped_in_training() -> dict[str, tuple[int, int]]:
     """Shipped bundles still in training: name -> (members trained, members planned)."""
-    return {name: (len(m["members"]), int(m["hyperparameters"]["ensemble"]))
+    return {name: (len(m["members"]), int(m.get("hyperparameters", {}).get("ensemble", len(m["members"]))))
             for name, m in _shipped().items() if in_training(m)}
 
 
