@@ -104,47 +104,25 @@ def _exit_for(s) -> None:
 # --------------------------------------------------------------------------- featurize
 
 
-SCHEDULER_HELP = "Run on the Dask cluster whose scheduler is at this address (tcp://host:8786, or a scheduler file)."
-WORKERS_HELP = "Run on a local Dask cluster of N worker processes (the machine's cores shared among them)."
-CLUSTER_INPUT = " With --scheduler or --workers: also a directory of Parquet files, or a glob in quotes."
-
-
-def _cluster(scheduler: Optional[str], workers: Optional[int]):
-    """What --scheduler/--workers ask for (irscreen.cluster.connect takes either), or None: one process."""
-    if scheduler and workers is not None:
-        raise IrscreenError("give --scheduler or --workers, not both")
-    if workers is not None and workers < 1:
-        raise IrscreenError(f"--workers must be >= 1 (got {workers})")
-    return scheduler or workers
-
-
 @app.command()
 def featurize(
-    input: Path = typer.Argument(..., help="Parquet or CSV file with a formula column." + CLUSTER_INPUT),
-    output: Path = typer.Option(..., "-o", "--output", help="Output Parquet (or .csv): input columns + features. With --scheduler or --workers, a name without a suffix (or a directory) gets a directory of Parquet parts."),
+    input: Path = typer.Argument(..., help="Parquet or CSV file with a formula column."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output Parquet (or .csv): input columns + features."),
     formula_column: Optional[str] = typer.Option(None, help="Formula column (default: found by name: formula, composition, reduced_formula, pretty_formula)."),
     preset: str = typer.Option("magpie", help="Feature preset: magpie (145 Magpie descriptors) or fractions."),
     engine: str = typer.Option("fast", help="fast (vectorized) or matminer (the reference implementation)."),
     jobs: int = typer.Option(JOBS_DEFAULT, "--jobs", "-j", help="Worker processes (joblib)."),
     batch_rows: int = typer.Option(DEFAULT_BATCH_ROWS, help="Rows per batch (memory stays flat)."),
     rejects: Optional[Path] = typer.Option(None, help="Rejects file (default: OUTPUT.rejects.parquet)."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help=SCHEDULER_HELP),
-    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
 ) -> None:
     """Compute composition features for every row of INPUT."""
-    kwargs = dict(formula_column=formula_column, preset=preset, engine=engine, batch_rows=batch_rows, rejects_path=rejects)
-    cluster = _cluster(scheduler, workers)
-    if cluster:
-        from irscreen.cluster import featurize_file
+    from irscreen.io import open_table
+    from irscreen.pipeline import featurize_file
 
-        kwargs["cluster"], total = cluster, None  # the total comes with the first progress report
-    else:
-        from irscreen.io import open_table
-        from irscreen.pipeline import featurize_file
-
-        kwargs["jobs"], total = jobs, open_table(input).num_rows
+    total = open_table(input).num_rows
     with RowProgress("featurize", total) as bar:
-        s = featurize_file(input, output, progress=bar, **kwargs)
+        s = featurize_file(input, output, formula_column=formula_column, preset=preset, engine=engine, jobs=jobs,
+                           batch_rows=batch_rows, rejects_path=rejects, progress=bar)
     _summary(s, "featurized")
     _exit_for(s)
 

@@ -74,6 +74,17 @@ def unique_hash_seed(*keys: np.ndarray) -> int:
     raise IrscreenError("known phases: no collision-free hash seed found")  # never in practice
 
 
+def _row_groups(a: np.ndarray) -> np.ndarray:
+    """A group number per row: equal rows share one, numbered in the rows' lexicographic order."""
+    if not len(a):
+        return np.zeros(0, np.int64)
+    order = np.lexsort(a.T[::-1])
+    new = np.r_[True, (a[order][1:] != a[order][:-1]).any(1)]
+    group = np.empty(len(a), np.int64)
+    group[order] = np.cumsum(new) - 1
+    return group
+
+
 class KnownPhases:
     """Compound phases (two or more elements): ``formulas``, ``energies`` (eV/atom),
     ``elements``/``fractions`` sorted by atomic number, in a canonical order (by chemical
@@ -85,14 +96,12 @@ class KnownPhases:
         codes = composition_codes(z, f)
         energies = np.asarray(energies, dtype=np.float64)
         # the lowest energy per reduced composition: sort by (composition, energy), keep the first
-        _, group = np.unique(codes, axis=0, return_inverse=True)
-        group = group.ravel()
+        group = _row_groups(codes)
         order = np.lexsort((energies, group))
         first = order[np.r_[True, group[order][1:] != group[order][:-1]]]
         first = first[(z[first] > 0).sum(1) >= 2]  # elements are at 0 by definition
-        # canonical order: by chemical system, then composition (np.unique sorted the groups)
-        sys_key = np.unique(z[first], axis=0, return_inverse=True)[1].ravel()
-        first = first[np.lexsort((group[first], sys_key))]
+        # canonical order: by chemical system, then composition
+        first = first[np.lexsort((group[first], _row_groups(z[first])))]
         width = max(1, int((z[first] > 0).sum(1).max(initial=1)))
         self.formulas = np.asarray([str(x) for x in np.asarray(formulas, dtype=object)[first]], dtype=object)
         self.energies = energies[first]
@@ -224,7 +233,8 @@ def read_phases(path) -> tuple[KnownPhases, pa.Table]:
                         "error": pa.array([errors[i] for i in idx], pa.string())}, schema=REJECTS_SCHEMA)
     good = np.flatnonzero(~bad)
     if not len(good):
-        raise IrscreenError(f"{table.path}: no usable phases ({len(idx):,} rows, all rejected: {errors[0] if len(idx) else 'empty'})")
+        first = errors[0] if len(idx) else "the file has no rows"
+        raise IrscreenError(f"{table.path}: no usable phases ({len(idx):,} rows, all rejected; first: {first})")
     phases = KnownPhases([texts[i] for i in good], energies[good], batch.elements[good], batch.fractions()[good],
                          source=str(table.path))
     return phases, rejects
@@ -243,7 +253,8 @@ def read_bundle_phases(path: Path) -> KnownPhases:
 
 def is_formation_energy(target: str, units: str) -> bool:
     """Does a bundle predict a formation energy per atom (so its training data are known phases)?"""
-    return units.replace(" ", "") == "eV/atom" and re.search(r"formation|e_?form|delta_?e|dhf", target or "", re.I) is not None
+    named = re.search(r"formation|e_?form|delta_?e|dhf", target or "", re.I) is not None
+    return named and units.replace(" ", "") == "eV/atom"
 
 
 #: Familiar compounds whose absence from a phase set a user should hear about (model card).
@@ -278,22 +289,24 @@ def add_phases(bundle: Path, manifest: dict, formulas, energies, source: str) ->
         "source": source, "rows_in": len(energies), "common_present": present, "common_missing": missing})
 
 
-def phases_note(info: dict) -> str:
+def phases_note(manifest: dict) -> str:
     """The model card's section on the known phases, from the manifest's ``phases`` entry."""
-    missing = info.get("common_missing") or []
-    present = info.get("common_present") or []
+    info = manifest["phases"]
+    missing, present = info.get("common_missing") or [], info.get("common_present") or []
+    source = manifest.get("data", {}).get("source", "")
     return "\n".join([
         "## Known phases (`--hull`)",
         "",
-        f"`{info['file']}` holds {info.get('rows', 0):,} compounds ({info.get('source', '')}; "
-        "elements are at 0 eV/atom). `predict`/`screen` mark rows whose reduced formula is one of them "
-        "(`known`, `known_value`), and `--hull` measures each prediction against the lower convex hull they "
-        "span (`hull_distance`).",
+        f"`{info['file']}` holds {info.get('rows', 0):,} compounds ({info.get('source', '')}; elements are at "
+        "0 eV/atom). `predict` and `screen` mark rows whose reduced formula is one of them (`known`, "
+        "`known_value`), and `--hull` measures each prediction against the lower convex hull they span "
+        "(`hull_distance`, negative: predicted stable against every one of them).",
         "",
-        "They are only the training data, not every known compound: "
-        + (f"familiar compounds missing from them include {', '.join(missing)}" if missing else "")
+        "They are only this model's training data" + (f" ({source})" if source else "") + ", a part of the "
+        "database, not every known compound"
+        + (f": familiar compounds missing from them include {', '.join(missing)}" if missing else "")
         + (f" (present: {', '.join(present)})" if present else "")
         + ". A hull built on an incomplete set sits above the true one, so candidates look more stable than "
-        "they are. Pass `--phases FILE` (formula, formation energy per atom in eV) with a fuller set, such as "
-        "your own DFT results or a Materials Project export on the same energy scale.",
+        "they are. Pass `--phases FILE` (formula, formation energy per atom in eV) with a fuller set on the "
+        "same energy scale as the model, such as your own DFT results or a database export.",
     ])

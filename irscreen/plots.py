@@ -138,7 +138,8 @@ def shortlist(path: Path, *, short_counts: np.ndarray, n_short: int, values: np.
     else:
         bins = 40
     if len(values):
-        ax_h.hist(values, bins=bins, color="C2", alpha=0.9, histtype="step", lw=1.6, label=f"shortlist ({len(values):,})")
+        ax_h.hist(values, bins=bins, color="C2", alpha=0.9, histtype="step", lw=1.6,
+                  label=f"shortlist ({len(values):,})")
     if np.isfinite(cutoff):
         ax_h.axvline(cutoff, color="C3", ls="--", lw=1.2, label=f"shortlist cutoff {cutoff:.4g}")
     ax_h.set_yscale("log")

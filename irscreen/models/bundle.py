@@ -10,10 +10,10 @@ A bundle is a directory::
     README.md              the model card
     learning_curve.png, parity.png
 
-Loading verifies every member's sha256 (and the phases file's), the feature labels' hash, and the element data
-the features were computed from (a hash of the tables, plus feature values of a fixed
-set of probe formulas to compare against when the hash differs). Weights are
-safetensors and everything else JSON: never pickle.
+Loading verifies every member's sha256 (and the phases file's), the feature labels'
+hash, and the element data the features were computed from (a hash of the tables, plus
+feature values of a fixed set of probe formulas to compare against when the hash
+differs). Weights are safetensors, the phases Parquet, everything else JSON: never pickle.
 
 Manifest fields added over time are optional on reading, so older bundles still load:
 ``features.element_data`` and ``features.probe`` (element-data check),
@@ -267,6 +267,7 @@ def write_member(path: Path, state: dict, storage: str) -> str:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(_member_tensors(state, storage), str(tmp))
+    os.chmod(tmp, 0o644)  # bundles are read by every user of an installation
     fsync_file(tmp)
     tmp.replace(path)
     return sha256_file(path)

@@ -6,6 +6,8 @@
     filters.py     element filters, chemical systems, reduced compositions
     topk.py        the running top-K with per-system caps and unique compositions
     state.py       the resume checkpoint, one atomic commit per batch
+    hull.py        hull energies of the known phases (batched LP), known/hull columns
+    pool.py        pool statistics gathered while streaming, and the shortlist's picture
 """
 from irscreen.screening.predict import OUTPUT_COLUMNS, predict_file
 from irscreen.screening.runner import ScreenOptions, ScreenResult, screen, screen_file

@@ -44,8 +44,10 @@ class _Systems:
     (the table is ordered by system), found from a subset of a row's elements by hash."""
 
     def __init__(self, phases: KnownPhases):
-        z = phases.elements
-        self.z, self.start, self.count = np.unique(z, axis=0, return_index=True, return_counts=True)
+        z = phases.elements  # ordered by chemical system: each system's phases are one run
+        self.start = np.flatnonzero(np.r_[True, (z[1:] != z[:-1]).any(1)]) if len(z) else np.zeros(0, np.int64)
+        self.count = np.diff(np.r_[self.start, len(z)])
+        self.z = z[self.start]
         self.k = (self.z > 0).sum(1)
         self.max_k = int(self.k.max(initial=0))
         self.seed = unique_hash_seed(self.z)

@@ -3,8 +3,8 @@
 Gathered while streaming, so memory stays flat: how many pool rows hold each element, and
 a fixed-bin histogram of the ranking value (known compounds counted apart). The bins are
 fixed before the first row from the model's target scale (mean +- 8 standard deviations of
-its training targets, 2,000 bins; values outside are counted in two end bins), fine enough
-to be re-binned for the figure. The statistics go into the resume state after every
+its training targets, wider for hull distances; 2,000 bins; values outside are counted in
+two end bins), fine enough to be re-binned for the figure. The statistics go into the resume state after every
 batch and into the shortlist's Parquet metadata, where ``irscreen plot`` finds them.
 """
 from __future__ import annotations
@@ -67,8 +67,9 @@ def new_pool(model, opts) -> PoolStats:
     def plus(k: float) -> str:
         return "" if k == 0 else f" {'+' if k > 0 else '-'} {abs(k):g} sigma"
 
-    if opts.hull:
-        return PoolStats(f"hull distance{plus(opts.kappa)}{units}", -8 * std, 8 * std)
+    if opts.hull:  # prediction minus a hull between the lowest training energies and 0
+        width = abs(mean) + 8 * std
+        return PoolStats(f"hull distance{plus(opts.kappa)}{units}", -width, 2 * width)
     if opts.objective == "target":
         return PoolStats(f"|{model.target} - {opts.target_value:g}|{plus(opts.kappa)}{units}", 0.0, 8 * std)
     if opts.objective == "maximize":  # ranked by mean - kappa sigma, highest first
@@ -141,3 +142,22 @@ def draw(shortlist: pa.Table, png, formula_column: str | None = None):
     finally:
         tmp.unlink(missing_ok=True)
     return png
+
+
+def read_shortlist(path, formula_column: str | None = None) -> tuple[pa.Table, str]:
+    """A shortlist file (Parquet keeps the pool statistics in its metadata) and its formula column."""
+    import pyarrow.parquet as pq
+
+    from irscreen.errors import IrscreenError
+    from irscreen.io import open_table
+
+    table = open_table(path)
+    column = table.formula_column(formula_column)
+    if table.kind == "parquet":
+        data = pq.read_table(table.path)
+    else:
+        data = pa.Table.from_batches(list(table.batches(1 << 16, string_columns=(column,))))
+    if not {"rank", "prediction", "uncertainty"} <= set(data.column_names):
+        raise IrscreenError(f"{path}: not a shortlist written by `irscreen screen` (it needs rank, prediction, "
+                            "uncertainty)")
+    return data, column

@@ -98,6 +98,7 @@ class ScreenResult:
     formula_column: str = "formula"
     known_left_out: int = 0  # --exclude-known: screened rows that are known phases
     hull_rows: int = 0  # rows that needed a hull energy
+    hull_seconds: float = 0.0  # time spent on them in this process
     phases: str = ""  # which known phases the known/hull columns use
     phases_rejects: str = ""  # the --phases file's rejects
     phases_rejected: int = 0
@@ -128,8 +129,10 @@ def screen_file(input_path, output_path, opts: ScreenOptions, *, model=DEFAULT_M
     output_path = Path(output_path)
     src = resolve_phases(m, phases, output_path, opts.hull)
     if opts.exclude_known and src.phases is None:
-        raise IrscreenError(f"--exclude-known needs known phases: model {m.name!r} has none; pass --phases FILE")
-    check_new_columns(table.columns, ["rank", *new_columns(m, src, opts.hull), *(["decomposition"] if opts.hull else [])])
+        raise IrscreenError(f"--exclude-known needs known phases: model {m.name!r} has no known phases; pass "
+                            "--phases FILE")
+    added = ["rank", *new_columns(m, src, opts.hull), *(["decomposition"] if opts.hull else [])]
+    check_new_columns(table.columns, added)
     rejects_path = Path(rejects_path) if rejects_path else default_rejects_path(output_path)
     recover(output_path)
     identity = {
@@ -143,6 +146,7 @@ def screen_file(input_path, output_path, opts: ScreenOptions, *, model=DEFAULT_M
     counters = {"rows_done": 0, "batches": 0, "rejected": 0, "screened": 0, "filtered": 0, "known_left_out": 0,
                 "hull_rows": 0}
     pool = new_pool(m, opts) if opts.plot else None
+    hull_seconds = 0.0
     if resume:
         saved = state.load()
         if saved is not None:
@@ -161,6 +165,7 @@ def screen_file(input_path, output_path, opts: ScreenOptions, *, model=DEFAULT_M
         counters["screened"] += fb.rows.num_rows
         for k in ("filtered", "known_left_out", "hull_rows"):
             counters[k] += n[k]
+        hull_seconds += n["hull_seconds"]
         state.save({**counters, **({"pool": pool.to_json()} if pool else {})}, top.table, fb.rejects, _kill=_kill)
         if progress:
             cut = top.cutoff
@@ -201,7 +206,8 @@ def screen_file(input_path, output_path, opts: ScreenOptions, *, model=DEFAULT_M
     return ScreenResult(s, shortlist, counters["screened"], counters["filtered"], top.cutoff, column,
                         known_left_out=counters["known_left_out"], hull_rows=counters["hull_rows"], phases=src.label,
                         phases_rejects=str(src.rejects_path or ""),
-                        phases_rejected=src.rejects.num_rows if src.rejects is not None else 0, plot=plot)
+                        phases_rejected=src.rejects.num_rows if src.rejects is not None else 0, plot=plot,
+                        hull_seconds=hull_seconds)
 
 
 def _score_batch(fb: FeaturizedBatch, m, opts: ScreenOptions, dev: str, phases, cutoff: float,
@@ -209,7 +215,7 @@ def _score_batch(fb: FeaturizedBatch, m, opts: ScreenOptions, dev: str, phases, 
     """The batch's rows that can enter the shortlist, with their columns and ``_score``;
     and how many rows the element filters and --exclude-known left out, and how many got a hull."""
     keep = element_filter(fb.elements, opts.include_elements, opts.exclude_elements, opts.max_elements)
-    n = {"filtered": int((~keep).sum()), "known_left_out": 0, "hull_rows": 0}
+    n = {"filtered": int((~keep).sum()), "known_left_out": 0, "hull_rows": 0, "hull_seconds": 0.0}
     if phases is not None:
         known, known_idx = known_columns(phases, fb.elements, fb.fractions)
         if opts.exclude_known:  # before inference: a known row costs no model time
@@ -227,8 +233,10 @@ def _score_batch(fb: FeaturizedBatch, m, opts: ScreenOptions, dev: str, phases, 
         need = np.arange(len(idx)) if pool else np.flatnonzero(score <= cutoff)
         idx, sigma = idx[need], sigma[need]
         cols = {k: v[need] for k, v in cols.items()}
+        t0 = time.perf_counter()
         cols.update(hull_columns(phases, fb.elements[idx], fb.fractions[idx], cols["prediction"], cols["uncertainty"],
                                  known_idx[idx]))
+        n["hull_seconds"] = time.perf_counter() - t0
         score = opts.score(cols["hull_distance"].astype(np.float64), sigma)
         n["hull_rows"] = len(idx)
     if pool:
