@@ -104,25 +104,49 @@ def _exit_for(s) -> None:
 # --------------------------------------------------------------------------- featurize
 
 
+SCHEDULER_HELP = "Run on the Dask cluster whose scheduler is at this address (tcp://host:8786, or a scheduler file)."
+WORKERS_HELP = "Run on a local Dask cluster of N worker processes (the machine's cores shared among them)."
+CLUSTER_INPUT = " With --scheduler or --workers: also a directory of Parquet files, or a glob in quotes."
+
+
+def _cluster(scheduler: Optional[str], workers: Optional[int]):
+    """What --scheduler/--workers ask for (irscreen.cluster.connect takes either), or None: one process."""
+    if scheduler and workers is not None:
+        raise IrscreenError("give --scheduler or --workers, not both")
+    if workers is not None and workers < 1:
+        raise IrscreenError(f"--workers must be >= 1 (got {workers})")
+    return scheduler or workers
+
+
 @app.command()
 def featurize(
-    input: Path = typer.Argument(..., help="Parquet or CSV file with a formula column."),
-    output: Path = typer.Option(..., "-o", "--output", help="Output Parquet (or .csv): input columns + features."),
+    input: Path = typer.Argument(..., help="Parquet or CSV file with a formula column." + CLUSTER_INPUT),
+    output: Path = typer.Option(..., "-o", "--output", help="Output Parquet (or .csv): input columns + features. "
+                                "With --scheduler or --workers, a name without a suffix (or a directory) gets a "
+                                "directory of Parquet parts."),
     formula_column: Optional[str] = typer.Option(None, help="Formula column (default: found by name: formula, composition, reduced_formula, pretty_formula)."),
     preset: str = typer.Option("magpie", help="Feature preset: magpie (145 Magpie descriptors) or fractions."),
     engine: str = typer.Option("fast", help="fast (vectorized) or matminer (the reference implementation)."),
     jobs: int = typer.Option(JOBS_DEFAULT, "--jobs", "-j", help="Worker processes (joblib)."),
     batch_rows: int = typer.Option(DEFAULT_BATCH_ROWS, help="Rows per batch (memory stays flat)."),
     rejects: Optional[Path] = typer.Option(None, help="Rejects file (default: OUTPUT.rejects.parquet)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help=SCHEDULER_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
 ) -> None:
     """Compute composition features for every row of INPUT."""
-    from irscreen.io import open_table
-    from irscreen.pipeline import featurize_file
+    kwargs = dict(formula_column=formula_column, preset=preset, engine=engine, batch_rows=batch_rows, rejects_path=rejects)
+    cluster = _cluster(scheduler, workers)
+    if cluster:
+        from irscreen.cluster import featurize_file
 
-    total = open_table(input).num_rows
+        kwargs["cluster"], total = cluster, None  # the total comes with the first progress report
+    else:
+        from irscreen.io import open_table
+        from irscreen.pipeline import featurize_file
+
+        kwargs["jobs"], total = jobs, open_table(input).num_rows
     with RowProgress("featurize", total) as bar:
-        s = featurize_file(input, output, formula_column=formula_column, preset=preset, engine=engine, jobs=jobs,
-                           batch_rows=batch_rows, rejects_path=rejects, progress=bar)
+        s = featurize_file(input, output, progress=bar, **kwargs)
     _summary(s, "featurized")
     _exit_for(s)
 
@@ -317,17 +341,25 @@ def predict(
     rejects: Optional[Path] = typer.Option(None, help="Rejects file (default: OUTPUT.rejects.parquet)."),
     hull: bool = typer.Option(False, "--hull", help="Add hull_distance: prediction minus the hull energy of the known phases (eV/atom)."),
     phases: Optional[Path] = typer.Option(None, help=PHASES_HELP),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help=SCHEDULER_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
 ) -> None:
     """Predict every row: prediction (ensemble mean), uncertainty (calibrated sigma), extrapolation;
     known/known_value where the model has known phases; hull_distance with --hull."""
-    from irscreen.io import open_table
-    from irscreen.screening import predict_file
+    kwargs = dict(model=model, members=members, formula_column=formula_column, precision=precision, device=device,
+                  batch_rows=batch_rows, rejects_path=rejects, hull=hull, phases=phases)
+    cluster = _cluster(scheduler, workers)
+    if cluster:
+        from irscreen.cluster import predict_file
 
-    total = open_table(input).num_rows
+        kwargs["cluster"], total = cluster, None
+    else:
+        from irscreen.io import open_table
+        from irscreen.screening import predict_file
+
+        kwargs["jobs"], total = jobs, open_table(input).num_rows
     with RowProgress("predict", total) as bar:
-        s = predict_file(input, output, model=model, members=members, formula_column=formula_column,
-                         precision=precision, device=device, jobs=jobs, batch_rows=batch_rows,
-                         rejects_path=rejects, hull=hull, phases=phases, progress=bar)
+        s = predict_file(input, output, progress=bar, **kwargs)
     _summary(s, "predicted")
     _phases_summary(s.phases, s.phases_rejects, s.phases_rejected)
     _exit_for(s)
@@ -373,6 +405,8 @@ def screen(
     phases: Optional[Path] = typer.Option(None, help=PHASES_HELP),
     exclude_known: bool = typer.Option(False, "--exclude-known", help="Leave rows that are known phases out of the shortlist."),
     plot: bool = typer.Option(False, "--plot", help="Also write OUTPUT.png: elements and ranking value, shortlist against pool."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help=SCHEDULER_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
 ) -> None:
     """Rank candidates and keep the best K (memory independent of input size)."""
     from irscreen.io import open_table
@@ -387,11 +421,20 @@ def screen(
                          hull=hull, exclude_known=exclude_known, plot=plot)
     opts.validate()
     if output is None:
-        output = Path(f"{input.stem}.top{top}.parquet")
-    total = open_table(input).num_rows
+        from glob import has_magic
+
+        output = Path(f"{input.parent.name if has_magic(str(input)) else input.stem}.top{top}.parquet")  # data/*.pq: data
+    kwargs = dict(model=model, formula_column=formula_column, device=device, batch_rows=batch_rows,
+                  rejects_path=rejects, resume=resume, phases=phases)
+    cluster = _cluster(scheduler, workers)
+    if cluster:
+        from irscreen.cluster import screen_file
+
+        kwargs["cluster"], total = cluster, None
+    else:
+        kwargs["jobs"], total = jobs, open_table(input).num_rows
     with RowProgress("screen", total) as bar:
-        res = screen_file(input, output, opts, model=model, formula_column=formula_column, device=device, jobs=jobs,
-                          batch_rows=batch_rows, rejects_path=rejects, resume=resume, phases=phases, progress=bar)
+        res = screen_file(input, output, opts, progress=bar, **kwargs)
     s = res.summary
     t = RichTable(title=f"Top {min(10, res.shortlist.num_rows)} of {res.shortlist.num_rows:,} "
                         f"({'hull distance' if hull else objective})")

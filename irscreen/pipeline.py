@@ -203,11 +203,26 @@ def featurize_file(
     ``progress(rows_done, total_or_None)`` is called after every batch."""
     import time
 
-    from irscreen.errors import IrscreenError
-    from irscreen.features import get_preset
+    from functools import partial
+
     from irscreen.io import open_table
 
     t0 = time.perf_counter()
+    spec = feature_spec(preset, engine, batch_rows)
+    table = open_table(input_path)
+    column = table.formula_column(formula_column)
+    labels = feature_fields(spec, table.path, table.columns)
+    batches = featurize_table(table, column, spec.name, engine, batch_rows, jobs)
+    summary = write_rows(table, batches, partial(feature_batch, labels=labels), output_path, rejects_path, progress)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def feature_spec(preset: str, engine: str, batch_rows: int):
+    """The preset of a featurize run, with its engine and batch size checked."""
+    from irscreen.errors import IrscreenError
+    from irscreen.features import get_preset
+
     try:
         spec = get_preset(preset)
     except ValueError as e:
@@ -218,21 +233,23 @@ def featurize_file(
         raise IrscreenError("--engine matminer supports only the magpie preset")
     if batch_rows < 1:
         raise IrscreenError("--batch-rows must be >= 1")
-    table = open_table(input_path)
-    column = table.formula_column(formula_column)
-    clash = sorted(set(table.columns) & set(spec.labels))
+    return spec
+
+
+def feature_fields(spec, path, columns: list[str]) -> list[pa.Field]:
+    """The float32 feature columns a featurize run adds; an input that already has them is an error."""
+    from irscreen.errors import IrscreenError
+
+    clash = sorted(set(columns) & set(spec.labels))
     if clash:
-        raise IrscreenError(f"{table.path}: already has feature columns ({', '.join(clash[:3])}...); is it featurized?")
-    labels = [pa.field(label, pa.float32()) for label in spec.labels]
+        raise IrscreenError(f"{path}: already has feature columns ({', '.join(clash[:3])}...); is it featurized?")
+    return [pa.field(label, pa.float32()) for label in spec.labels]
 
-    def with_features(fb: FeaturizedBatch) -> pa.RecordBatch:
-        schema = pa.schema(list(fb.rows.schema) + labels)
-        return pa.RecordBatch.from_arrays(list(fb.rows.columns) + [pa.array(col) for col in fb.XT], schema=schema)
 
-    batches = featurize_table(table, column, spec.name, engine, batch_rows, jobs)
-    summary = write_rows(table, batches, with_features, output_path, rejects_path, progress)
-    summary.seconds = time.perf_counter() - t0
-    return summary
+def feature_batch(fb: FeaturizedBatch, labels: list[pa.Field]) -> pa.RecordBatch:
+    """A featurized batch's rows with their features as columns."""
+    schema = pa.schema(list(fb.rows.schema) + labels)
+    return pa.RecordBatch.from_arrays(list(fb.rows.columns) + [pa.array(col) for col in fb.XT], schema=schema)
 
 
 def write_rows(table: Table, batches, transform, output_path, rejects_path=None, progress=None,

@@ -51,6 +51,12 @@ class PoolStats:
     def edges(self) -> np.ndarray:
         return np.linspace(self.lo, self.hi, N_BINS + 1)
 
+    def merge(self, other: "PoolStats") -> None:
+        """Add statistics gathered elsewhere on the same bins (another worker's rows)."""
+        self.rows += other.rows
+        for name in ("elements", "hist", "hist_known"):
+            setattr(self, name, (np.asarray(getattr(self, name)) + np.asarray(getattr(other, name))).tolist())
+
     def to_json(self) -> dict:
         return asdict(self)
 

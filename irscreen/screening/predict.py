@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -125,14 +126,30 @@ class PredictSummary(Summary):
     phases_rejected: int = 0
 
 
+def prediction_batch(fb: FeaturizedBatch, m, precision: str, dev: str, members: bool = False, phases=None,
+                     hull: bool = False) -> pa.RecordBatch:
+    """A featurized batch's rows with their prediction columns; known/known_value with
+    ``phases`` (KnownPhases), hull_distance/hull_uncertainty with ``hull`` as well."""
+    from irscreen.screening.hull import hull_columns, known_columns
+
+    cols = m.outputs(m.predict_members(fb.X, precision, dev), fb.elements, members)
+    if phases is not None:
+        known, idx = known_columns(phases, fb.elements, fb.fractions)
+        cols.update(known)
+        if hull:
+            cols.update(hull_columns(phases, fb.elements, fb.fractions, cols["prediction"], cols["uncertainty"], idx))
+    rb = fb.rows
+    for field, arr in output_arrays(cols):
+        rb = rb.append_column(field, arr)
+    return rb
+
+
 def predict_file(input_path, output_path, *, model=DEFAULT_MODEL, members=False, formula_column=None,
                  precision=DEFAULT_PRECISION, device="auto", jobs=1, batch_rows=DEFAULT_BATCH_ROWS, rejects_path=None,
                  hull=False, phases=None, progress=None) -> PredictSummary:
     """Every valid row with its input columns plus prediction, uncertainty, extrapolation;
     known, known_value where known phases are at hand; hull_distance, hull_uncertainty with ``hull``.
     ``phases``: a phases file replacing the model's own."""
-    from irscreen.screening.hull import hull_columns, known_columns
-
     t0 = time.perf_counter()
     m = load(model)
     check_precision(precision)
@@ -142,20 +159,9 @@ def predict_file(input_path, output_path, *, model=DEFAULT_MODEL, members=False,
     src = resolve_phases(m, phases, output_path, hull)
     check_new_columns(table.columns, new_columns(m, src, hull, members))
 
-    def with_predictions(fb: FeaturizedBatch) -> pa.RecordBatch:
-        cols = m.outputs(m.predict_members(fb.X, precision, dev), fb.elements, members)
-        if src.phases is not None:
-            known, idx = known_columns(src.phases, fb.elements, fb.fractions)
-            cols.update(known)
-            if hull:
-                cols.update(hull_columns(src.phases, fb.elements, fb.fractions, cols["prediction"],
-                                         cols["uncertainty"], idx))
-        rb = fb.rows
-        for field, arr in output_arrays(cols):
-            rb = rb.append_column(field, arr)
-        return rb
-
     batches = featurize_table(table, column, m.preset, "fast", batch_rows, jobs)
+    with_predictions = partial(prediction_batch, m=m, precision=precision, dev=dev, members=members, phases=src.phases,
+                               hull=hull)
     s = PredictSummary(**asdict(write_rows(table, batches, with_predictions, output_path, rejects_path, progress)),
                        phases=src.label)
     if src.rejects is not None:

@@ -173,6 +173,24 @@ def screen_file(input_path, output_path, opts: ScreenOptions, *, model=DEFAULT_M
 
     if counters["rows_done"] == 0:
         raise IrscreenError(f"{table.path}: file has no rows")
+    shortlist, plot = write_shortlist(top, table, m, src, opts, column, output_path, rejects_path,
+                                      state.rejects_parts(), pool, _kill)
+    state.clear()
+    s = Summary(rows_read=counters["rows_done"], rows_ok=counters["screened"], rows_rejected=counters["rejected"],
+                seconds=time.perf_counter() - t0, output=str(output_path), rejects=str(rejects_path))
+    return ScreenResult(s, shortlist, counters["screened"], counters["filtered"], top.cutoff, column,
+                        known_left_out=counters["known_left_out"], hull_rows=counters["hull_rows"], phases=src.label,
+                        phases_rejects=str(src.rejects_path or ""),
+                        phases_rejected=src.rejects.num_rows if src.rejects is not None else 0, plot=plot,
+                        hull_seconds=hull_seconds)
+
+
+def write_shortlist(top: TopK, table, m, src: Phases, opts: ScreenOptions, column: str, output_path: Path,
+                    rejects_path: Path, rejects_parts, pool: PoolStats | None = None, _kill=None) -> tuple[pa.Table, str]:
+    """The shortlist from the final top-K, written with its rejects (the Parquet files
+    ``rejects_parts``, in order) and a --phases file's rejects as one commit; with ``pool``,
+    its picture too. ``table``: the input (its columns name a shortlist no row reached).
+    Returns the shortlist and the picture's path ("" without one)."""
     held = top.table if top.table is not None else (top.schema or _fallback_schema(table, m, src, opts)).empty_table()
     shortlist = _finish(held, src.phases if opts.hull else None, column)
     if pool:
@@ -183,7 +201,7 @@ def screen_file(input_path, output_path, opts: ScreenOptions, *, model=DEFAULT_M
     phase_rejects = AtomicWriter(src.rejects_path, src.rejects.schema) if src.rejects is not None else None
     try:
         out.write(shortlist)
-        for part in state.rejects_parts():
+        for part in rejects_parts:
             rejects.add(pq.read_table(part))
         pending = [out.finish(), rejects.finish()]
         if phase_rejects:
@@ -195,19 +213,12 @@ def screen_file(input_path, output_path, opts: ScreenOptions, *, model=DEFAULT_M
         for w in (out, rejects, phase_rejects):
             w and w.abort()
         raise
-    state.clear()
     plot = ""
     if pool:
         from irscreen.screening.pool import draw
 
         plot = str(draw(shortlist, output_path.with_suffix(".png")))
-    s = Summary(rows_read=counters["rows_done"], rows_ok=counters["screened"], rows_rejected=counters["rejected"],
-                seconds=time.perf_counter() - t0, output=str(output_path), rejects=str(rejects_path))
-    return ScreenResult(s, shortlist, counters["screened"], counters["filtered"], top.cutoff, column,
-                        known_left_out=counters["known_left_out"], hull_rows=counters["hull_rows"], phases=src.label,
-                        phases_rejects=str(src.rejects_path or ""),
-                        phases_rejected=src.rejects.num_rows if src.rejects is not None else 0, plot=plot,
-                        hull_seconds=hull_seconds)
+    return shortlist, plot
 
 
 def _score_batch(fb: FeaturizedBatch, m, opts: ScreenOptions, dev: str, phases, cutoff: float,
