@@ -118,6 +118,20 @@ def _cluster(scheduler: Optional[str], workers: Optional[int]):
     return scheduler or workers
 
 
+def _runner(name: str, local, input: Path, scheduler: Optional[str], workers: Optional[int], jobs: int, kwargs: dict):
+    """The function that runs command ``name`` (irscreen.cluster's on a cluster, else ``local``),
+    its keyword arguments, and the row total for the progress bar (on a cluster it comes with
+    the first progress report)."""
+    cluster = _cluster(scheduler, workers)
+    if cluster:
+        import irscreen.cluster
+
+        return getattr(irscreen.cluster, name), {**kwargs, "cluster": cluster}, None
+    from irscreen.io import open_table
+
+    return local, {**kwargs, "jobs": jobs}, open_table(input).num_rows
+
+
 @app.command()
 def featurize(
     input: Path = typer.Argument(..., help="Parquet or CSV file with a formula column." + CLUSTER_INPUT),
@@ -135,18 +149,11 @@ def featurize(
 ) -> None:
     """Compute composition features for every row of INPUT."""
     kwargs = dict(formula_column=formula_column, preset=preset, engine=engine, batch_rows=batch_rows, rejects_path=rejects)
-    cluster = _cluster(scheduler, workers)
-    if cluster:
-        from irscreen.cluster import featurize_file
+    from irscreen.pipeline import featurize_file
 
-        kwargs["cluster"], total = cluster, None  # the total comes with the first progress report
-    else:
-        from irscreen.io import open_table
-        from irscreen.pipeline import featurize_file
-
-        kwargs["jobs"], total = jobs, open_table(input).num_rows
+    run, kwargs, total = _runner("featurize_file", featurize_file, input, scheduler, workers, jobs, kwargs)
     with RowProgress("featurize", total) as bar:
-        s = featurize_file(input, output, progress=bar, **kwargs)
+        s = run(input, output, progress=bar, **kwargs)
     _summary(s, "featurized")
     _exit_for(s)
 
@@ -348,18 +355,11 @@ def predict(
     known/known_value where the model has known phases; hull_distance with --hull."""
     kwargs = dict(model=model, members=members, formula_column=formula_column, precision=precision, device=device,
                   batch_rows=batch_rows, rejects_path=rejects, hull=hull, phases=phases)
-    cluster = _cluster(scheduler, workers)
-    if cluster:
-        from irscreen.cluster import predict_file
+    from irscreen.screening import predict_file
 
-        kwargs["cluster"], total = cluster, None
-    else:
-        from irscreen.io import open_table
-        from irscreen.screening import predict_file
-
-        kwargs["jobs"], total = jobs, open_table(input).num_rows
+    run, kwargs, total = _runner("predict_file", predict_file, input, scheduler, workers, jobs, kwargs)
     with RowProgress("predict", total) as bar:
-        s = predict_file(input, output, progress=bar, **kwargs)
+        s = run(input, output, progress=bar, **kwargs)
     _summary(s, "predicted")
     _phases_summary(s.phases, s.phases_rejects, s.phases_rejected)
     _exit_for(s)
@@ -409,7 +409,6 @@ def screen(
     workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
 ) -> None:
     """Rank candidates and keep the best K (memory independent of input size)."""
-    from irscreen.io import open_table
     from irscreen.screening import ScreenOptions, screen_file
 
     if sum([minimize, maximize, target_value is not None]) > 1:
@@ -426,15 +425,9 @@ def screen(
         output = Path(f"{input.parent.name if has_magic(str(input)) else input.stem}.top{top}.parquet")  # data/*.pq: data
     kwargs = dict(model=model, formula_column=formula_column, device=device, batch_rows=batch_rows,
                   rejects_path=rejects, resume=resume, phases=phases)
-    cluster = _cluster(scheduler, workers)
-    if cluster:
-        from irscreen.cluster import screen_file
-
-        kwargs["cluster"], total = cluster, None
-    else:
-        kwargs["jobs"], total = jobs, open_table(input).num_rows
+    run, kwargs, total = _runner("screen_file", screen_file, input, scheduler, workers, jobs, kwargs)
     with RowProgress("screen", total) as bar:
-        res = screen_file(input, output, opts, progress=bar, **kwargs)
+        res = run(input, output, opts, progress=bar, **kwargs)
     s = res.summary
     t = RichTable(title=f"Top {min(10, res.shortlist.num_rows)} of {res.shortlist.num_rows:,} "
                         f"({'hull distance' if hull else objective})")

@@ -70,6 +70,9 @@ class Preset:
     #: value. Magpie needs none: matminer's imputation of missing element data is part of
     #: the feature definition, and it leaves every covered element's row finite.
     missing_ok: frozenset = frozenset()
+    #: The same features feature-major, (F, n) in a dtype, where the engine has that
+    #: layout natively (Parquet's layout: no transpose); else derived from ``compute``.
+    compute_columns: Callable[[ParsedBatch, Any], np.ndarray] | None = None
 
     @property
     def labels_hash(self) -> str:
@@ -88,6 +91,7 @@ PRESETS: dict[str, Preset] = {
         name="magpie",
         labels=list(_magpie.LABELS),
         compute=_magpie.featurize_batch,
+        compute_columns=_magpie.featurize_columns,
         citations=[WARD_2016, WARD_2018],
         description="145 Magpie descriptors (matminer Stoichiometry, ElementProperty magpie, "
         "ValenceOrbital frac, IonProperty fast)",
@@ -103,16 +107,18 @@ PRESETS: dict[str, Preset] = {
 
 
 
-def _magpie_fractions(batch: ParsedBatch) -> np.ndarray:
-    out = np.concatenate([_magpie.featurize_batch(batch), _fractions.featurize_batch(batch)], axis=1)
-    out[np.isnan(out[:, -1])] = np.nan  # no fraction column for an element: the row cannot be represented
+def _magpie_fractions_columns(batch: ParsedBatch, dtype=np.float64) -> np.ndarray:
+    frac = np.ascontiguousarray(_fractions.featurize_batch(batch).T, dtype=dtype)
+    out = np.concatenate([_magpie.featurize_columns(batch, dtype), frac], axis=0)
+    out[:, np.isnan(frac[-1])] = np.nan  # no fraction column for an element: the row cannot be represented
     return out
 
 
 PRESETS["magpie-fractions"] = Preset(
     name="magpie-fractions",
     labels=list(_magpie.LABELS) + list(_fractions.LABELS),
-    compute=_magpie_fractions,
+    compute=lambda batch: _magpie_fractions_columns(batch).T,
+    compute_columns=_magpie_fractions_columns,
     citations=[WARD_2016, WARD_2018, JHA_2018],
     description="the 145 Magpie descriptors followed by the 94 element fractions H..Pu",
 )
@@ -203,16 +209,10 @@ def featurize_parsed(batch: ParsedBatch, preset: str = DEFAULT_PRESET) -> np.nda
 
 
 def featurize_parsed_columns(batch: ParsedBatch, preset: str = DEFAULT_PRESET, dtype=np.float32) -> np.ndarray:
-    """Features feature-major, (F, n) in ``dtype``: the layout of Parquet columns.
-    The magpie engine computes this layout natively (no transpose)."""
+    """Features feature-major, (F, n) in ``dtype``: the layout of Parquet columns."""
     spec = get_preset(preset)
-    if spec.name == "magpie":
-        return _magpie.featurize_columns(batch, dtype)
-    if spec.name == "magpie-fractions":
-        frac = np.ascontiguousarray(_fractions.featurize_batch(batch).T, dtype=dtype)
-        out = np.concatenate([_magpie.featurize_columns(batch, dtype), frac], axis=0)
-        out[:, np.isnan(frac[-1])] = np.nan  # as _magpie_fractions
-        return out
+    if spec.compute_columns is not None:
+        return spec.compute_columns(batch, dtype)
     return np.ascontiguousarray(spec.compute(batch).T, dtype=dtype)
 
 
