@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -279,6 +279,49 @@ class _EpochProgress:
                          info=f"train MAE {log.train_mae * u:.4g}  val MAE {log.val_mae * u:.4g}  best {log.best_val_mae * u:.4g}")
 
 
+@app.command()
+def distill(
+    model: str = typer.Argument(..., help="Model bundle: a shipped name (see `irscreen models`) or a bundle directory."),
+    data: list[Path] = typer.Option([], "--data", help="Parquet/CSV file with a formula column whose compositions "
+                                    "join the random candidates (the bundle's training data, say). Repeatable."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the bundle with its student here (a "
+                                          "new directory) instead of into MODEL's own."),
+    rows: int = typer.Option(300_000, help="Random candidates the student learns from."),
+    pool_rows: int = typer.Option(200_000, help="Held-out random candidates the disagreement bound is measured on."),
+    epochs: int = typer.Option(40, help="Training epochs of the student."),
+    margin: float = typer.Option(1.5, help="The bound is MARGIN x the largest disagreement seen on the held-out rows."),
+    seed: int = typer.Option(0, help="Seed of the candidates and of training."),
+    jobs: int = typer.Option(JOBS_DEFAULT, "--jobs", "-j", help="Featurization worker processes for --data files."),
+) -> None:
+    """Distill MODEL's ensemble into the small student `screen` runs first (its cascade)."""
+    import shlex
+    import sys
+
+    from irscreen.distill import DistillConfig, distill as run_distill
+
+    cfg = DistillConfig(train_rows=rows, pool_rows=pool_rows, epochs=epochs, margin=margin, seed=seed)
+    command = "irscreen " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    prog = Progress(TextColumn("[bold]student"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                    TimeElapsedColumn(), console=err)
+    task = None
+
+    def on_epoch(epoch, total, loss, seconds):
+        nonlocal task
+        if task is None:
+            task = prog.add_task("student", total=total, info="")
+        prog.update(task, completed=epoch, info=f"loss {loss:.3g}  {seconds:.1f} s/epoch")
+
+    with prog:
+        st = run_distill(model, data, cfg, command=command, output=output, jobs=jobs, console=err, on_epoch=on_epoch)
+    d, units = st["disagreement"], st.get("units", "")
+    default = st["labels_precision"]
+    err.print(f"student {st['architecture']}: {st['flops_per_row'] / 1e6:.2f} MFLOP per row (ensemble "
+              f"{st['ensemble_flops_per_row'] / 1e6:.0f}); on {d['rows']:,} held-out rows |student - ensemble| "
+              f"median {d['mean']['median']:.4f}, largest {d['mean']['max']:.4f} {units}; bound "
+              f"{st['bound']['mean'][default]:.4f} (mean), {st['bound']['sigma'][default]:.4f} (sigma); "
+              f"{st['seconds']:.0f} s")
+
+
 def _trained(output: Path, manifest: dict, td) -> None:
     val = manifest["metrics"]["validation"]
     err.print(f"bundle: {output}  ({len(manifest['members'])} members; {len(td.train_idx):,} training rows, "
@@ -338,8 +381,12 @@ PHASES_HELP = ("Known phases instead of the model's: Parquet/CSV with formula an
 def predict(
     input: Path = typer.Argument(..., help="Parquet or CSV file with a formula column."),
     output: Path = typer.Option(..., "-o", "--output", help="Output Parquet (or .csv)."),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Shipped model name or bundle directory."),
-    members: bool = typer.Option(False, help="Also write each member's prediction (member_0, ...)."),
+    model: List[str] = typer.Option([DEFAULT_MODEL], "--model", "-m", metavar="MODEL",
+                                    help="Shipped model name or bundle directory. Repeat it for more models: the first "
+                                    "writes prediction, uncertainty, extrapolation; each other NAME, NAME_uncertainty, "
+                                    "NAME_extrapolation (NAME: the bundle's name, as `irscreen models` lists it)."),
+    members: bool = typer.Option(False, help="Also write each member's prediction (member_0, ...; NAME_member_0, ... "
+                                 "for the other models)."),
     formula_column: Optional[str] = typer.Option(None),
     precision: str = typer.Option(DEFAULT_PRECISION, help="mixed (bf16 branches, fp32 shortcuts), fp32 or bf16."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -352,9 +399,10 @@ def predict(
     workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
 ) -> None:
     """Predict every row: prediction (ensemble mean), uncertainty (calibrated sigma), extrapolation;
-    known/known_value where the model has known phases; hull_distance with --hull."""
-    kwargs = dict(model=model, members=members, formula_column=formula_column, precision=precision, device=device,
-                  batch_rows=batch_rows, rejects_path=rejects, hull=hull, phases=phases)
+    known/known_value where the model has known phases; hull_distance with --hull; the columns
+    of every further --model."""
+    kwargs = dict(model=model[0], also=model[1:], members=members, formula_column=formula_column, precision=precision,
+                  device=device, batch_rows=batch_rows, rejects_path=rejects, hull=hull, phases=phases)
     from irscreen.screening import predict_file
 
     run, kwargs, total = _runner("predict_file", predict_file, input, scheduler, workers, jobs, kwargs)
@@ -383,7 +431,17 @@ def _elements(text: Optional[str]) -> list[str]:
 def screen(
     input: Path = typer.Argument(..., help="Candidates: Parquet or CSV with a formula column, any size."),
     top: int = typer.Option(..., "--top", "-k", help="Shortlist size K."),
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Shipped model name or bundle directory."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="The model to rank by: shipped model name or bundle "
+                              "directory."),
+    where: Optional[List[str]] = typer.Option(None, "--where", metavar="CONDITION", help='Keep only rows whose '
+                                              'prediction by a model meets "MODEL OP VALUE", OP one of <, <=, >, >= '
+                                              '(e.g. "band-gap >= 1.0"; MODEL: a shipped name or a bundle directory). '
+                                              'Repeatable: every condition must hold. --kappa applies: >= holds when '
+                                              'mean - kappa*sigma >= VALUE, <= when mean + kappa*sigma <= VALUE. A model '
+                                              'other than --model adds MODEL, MODEL_uncertainty, MODEL_extrapolation.'),
+    also: Optional[List[str]] = typer.Option(None, "--also", metavar="MODEL", help="Add a model's predictions without "
+                                             "a condition (MODEL, MODEL_uncertainty, MODEL_extrapolation); "
+                                             "repeatable."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Default: <input stem>.top<K>.parquet here."),
     minimize: bool = typer.Option(False, "--minimize", help="Lowest prediction first (the default)."),
     maximize: bool = typer.Option(False, "--maximize", help="Highest prediction first."),
@@ -417,14 +475,14 @@ def screen(
     opts = ScreenOptions(top=top, objective=objective, target_value=target_value, kappa=kappa,
                          include_elements=_elements(include_elements), exclude_elements=_elements(exclude_elements),
                          max_elements=max_elements, max_per_system=max_per_system, unique=unique, precision=precision,
-                         hull=hull, exclude_known=exclude_known, plot=plot)
+                         hull=hull, exclude_known=exclude_known, plot=plot, where=list(where or []))
     opts.validate()
     if output is None:
         from glob import has_magic
 
         output = Path(f"{input.parent.name if has_magic(str(input)) else input.stem}.top{top}.parquet")  # data/*.pq: data
-    kwargs = dict(model=model, formula_column=formula_column, device=device, batch_rows=batch_rows,
-                  rejects_path=rejects, resume=resume, phases=phases)
+    kwargs = dict(model=model, also=list(also or []), formula_column=formula_column, device=device,
+                  batch_rows=batch_rows, rejects_path=rejects, resume=resume, phases=phases)
     run, kwargs, total = _runner("screen_file", screen_file, input, scheduler, workers, jobs, kwargs)
     with RowProgress("screen", total) as bar:
         res = run(input, output, opts, progress=bar, **kwargs)
@@ -434,7 +492,7 @@ def screen(
     fcol = res.formula_column
     names = res.shortlist.column_names
     cols = ["rank", fcol, "prediction", "uncertainty", *[c for c in ("hull_distance", "known_value") if c in names],
-            "extrapolation"]  # the decomposition is in the file: too wide for a terminal table
+            *res.others, "extrapolation"]  # the decomposition and the other models' sigmas are in the file: too wide
     for c in cols:
         t.add_column(c.replace("known_value", "known (DFT)"), justify="left" if c == fcol else "right")
 
@@ -446,14 +504,20 @@ def screen(
     for r in res.shortlist.slice(0, 10).select(cols).to_pylist():
         t.add_row(*[cell(c, r[c]) for c in cols])
     out.print(t)
-    n_extra = sum(res.shortlist.column("extrapolation").to_pylist()) if res.shortlist.num_rows else 0
-    if n_extra:
-        err.print(f"[yellow]{n_extra:,} shortlisted rows hold an element rare in the model's training data[/] "
-                  "(column extrapolation)")
+    for name in [None, *res.others]:  # every model's own flag: none is silent
+        flag = "extrapolation" if name is None else f"{name}_extrapolation"
+        n_extra = sum(res.shortlist.column(flag).to_pylist()) if res.shortlist.num_rows else 0
+        if n_extra:
+            whose = "the model's" if name is None else f"{name}'s"
+            err.print(f"[yellow]{n_extra:,} shortlisted rows hold an element rare in {whose} training data[/] "
+                      f"(column {flag})", highlight=False)
+    left_out = [f"{res.filtered:,} screened rows filtered out"] if res.filtered else []
+    if opts.where:  # not rejects: good rows that one of the conditions turned away
+        left_out.append(f"{res.failed_conditions:,} {'' if left_out else 'screened rows '}failed --where")
     err.print(
         f"[bold]{s.rows_read:,}[/] rows read = [green]{s.rows_ok:,} screened[/] + "
         f"[{'red' if s.rows_rejected else 'dim'}]{s.rows_rejected:,} rejected[/]"
-        + (f" ({res.filtered:,} screened rows filtered out)" if res.filtered else "")
+        + (f" ({', '.join(left_out)})" if left_out else "")
         + f" in {s.seconds:.1f} s ({s.rate:,.0f} rows/s)"
     )
     if hull:

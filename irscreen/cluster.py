@@ -49,7 +49,7 @@ import pyarrow.parquet as pq
 from irscreen.atomic import commit_together, recover
 from irscreen.config import DEFAULT_MODEL, DEFAULT_PRECISION
 from irscreen.errors import IrscreenError
-from irscreen.io import REJECTS_SCHEMA, AtomicWriter, default_rejects_path, open_table, write_table
+from irscreen.io import REJECTS_SCHEMA, AtomicWriter, default_rejects_path, open_table
 from irscreen.pipeline import DEFAULT_BATCH_ROWS, RejectsLog, Summary, featurize_table, write_rows
 
 #: Data files a directory input is made of (hidden files and _SUCCESS-style markers are not).
@@ -232,10 +232,10 @@ class RangeTable:
             raise IrscreenError(f"{r.path}: cannot read rows {r.start:,}-{r.stop:,} ({_first_line(e)})") from None
 
 
-def featurized(table: RangeTable, column: str, preset: str, engine: str, batch_rows: int):
+def featurized(table: RangeTable, column: str, preset: str, engine: str, batch_rows: int, also: tuple = ()):
     """``featurize_table`` over one range, with global row numbers (batch starts and rejects)."""
     r = table.r
-    for fb in featurize_table(table, column, preset, engine, batch_rows):
+    for fb in featurize_table(table, column, preset, engine, batch_rows, also=also):
         rejects = fb.rejects
         if rejects.num_rows:
             i = rejects.schema.get_field_index("row")
@@ -259,6 +259,8 @@ class Job:
     engine: str = "fast"
     model: str = ""  # a shipped bundle's name, or a bundle's absolute path
     members: tuple = ()  # its members' sha256, to check a worker sees the same bundle
+    others: tuple = ()  # the run's other models: (reference, members' sha256) each (screening.predict.Models)
+    conditions: tuple = ()  # screen --where, bound to their columns (screening.conditions.Condition)
     device: str = "auto"  # resolved on the worker (each dask-cuda worker sees its own GPU)
     precision: str = DEFAULT_PRECISION
     with_members: bool = False
@@ -304,19 +306,41 @@ def load_once(ref: str):
         return _models[ref]
 
 
-def worker_model(job: Job):
-    m = load_once(job.model)
-    if _members(m) != job.members:
-        raise IrscreenError(f"model bundle {job.model}: a worker finds other weights there than the driver; give "
+def _checked(ref: str, members: tuple):
+    m = load_once(ref)
+    if _members(m) != members:
+        raise IrscreenError(f"model bundle {ref}: a worker finds other weights there than the driver; give "
                             "every worker the same bundle")
     return m
 
 
-def _warm(client, model) -> list:
-    """Every worker loads the bundle now, while the driver loads it too. The futures must
+def worker_model(job: Job):
+    return _checked(job.model, job.members)
+
+
+def worker_models(job: Job):
+    """Worker: the run's Models, as the driver loaded them."""
+    from irscreen.screening.predict import Models
+
+    return Models(worker_model(job), [_checked(ref, members) for ref, members in job.others],
+                  [ref for ref, _ in job.others])
+
+
+def _warm(client, *models) -> list:
+    """Every worker loads the bundles now, while the driver loads them too. The futures must
     be held until the tasks are submitted (a dropped future is cancelled); a failure here
     is reported by the first task."""
-    return [client.submit(load_once, _model_ref(model), pure=False, workers=[w]) for w in client.nthreads()]
+    return [client.submit(load_once, _model_ref(model), pure=False, workers=[w])
+            for model in models for w in client.nthreads()]
+
+
+def _listed(also) -> list:
+    return [also] if isinstance(also, (str, Path)) else list(also)
+
+
+def _others(models) -> tuple:
+    """A Job's ``others``: what each worker loads, and the weights it must find there."""
+    return tuple((_model_ref(ref), _members(m)) for ref, m in zip(models.refs, models.others))
 
 
 def _report(job: Job, r: Range, rows: int) -> None:
@@ -337,14 +361,14 @@ def screen_range(r: Range, job: Job, phases=None) -> dict:
     from irscreen.screening.topk import TopK
 
     worker_setup()
-    m, opts = worker_model(job), job.opts
+    models, opts = worker_models(job), job.opts
     dev = device_type(job.device)
     top = TopK(opts.top, opts.max_per_system, opts.unique)
-    pool = new_pool(m, opts) if opts.plot else None
+    pool = new_pool(models.main, opts) if opts.plot else None
     n = {"rows_done": 0, "rejected": 0, "screened": 0}  # and whatever _score_batch counts
     rejects = []
-    for fb in featurized(RangeTable(r), job.column, m.preset, "fast", job.batch_rows):
-        cand, counts = _score_batch(fb, m, opts, dev, phases, top.cutoff, pool)
+    for fb in featurized(RangeTable(r), job.column, models.main.preset, "fast", job.batch_rows, models.also_presets):
+        cand, counts = _score_batch(fb, models, opts, dev, phases, top.cutoff, pool, job.conditions)
         top.offer(cand)
         rejects.append(fb.rejects)
         _add(n, {"rows_done": fb.n_in, "rejected": fb.rejects.num_rows, "screened": fb.rows.num_rows, **counts})
@@ -365,13 +389,13 @@ def _part_paths(job: Job, r: Range) -> tuple[Path, Path]:
     return stage / "parts" / f"part-{i}.parquet", stage / "rejects" / f"rejects-{i}.parquet"
 
 
-def _write_part(r: Range, job: Job, preset: str, transform) -> dict:
+def _write_part(r: Range, job: Job, preset: str, transform, also: tuple = ()) -> dict:
     """Worker: the range's rows through ``transform`` into its part, its rejects beside it
     (committed together), by the single-process ``write_rows``."""
     worker_setup()
     part, rejects = _part_paths(job, r)
     table = RangeTable(r)
-    batches = featurized(table, job.column, preset, job.engine, job.batch_rows)
+    batches = featurized(table, job.column, preset, job.engine, job.batch_rows, also)
     s = write_rows(table, batches, transform, part, rejects, progress=lambda done, _: _report(job, r, done))
     return {"rows": s.rows_read, "ok": s.rows_ok, "rejected": s.rows_rejected}
 
@@ -387,10 +411,11 @@ def featurize_range(r: Range, job: Job) -> dict:
 def predict_range(r: Range, job: Job, phases=None) -> dict:
     from irscreen.screening.predict import device_type, prediction_batch
 
-    m = worker_model(job)
+    models = worker_models(job)
     dev = device_type(job.device)
-    return _write_part(r, job, m.preset,
-                       lambda fb: prediction_batch(fb, m, job.precision, dev, job.with_members, phases, job.hull))
+    return _write_part(r, job, models.main.preset,
+                       lambda fb: prediction_batch(fb, models, job.precision, dev, job.with_members, phases, job.hull),
+                       models.also_presets)
 
 
 # --------------------------------------------------------------------------- driver side
@@ -487,14 +512,15 @@ def is_parts_dir(output: Path) -> bool:
     return output.is_dir() or output.suffix == ""
 
 
-def _commit_parts(stage: Stage, output: Path, rejects_path: Path, n_ranges: int) -> None:
+def _commit_parts(stage: Stage, output: Path, rejects_path: Path, n_ranges: int, extra: dict | None = None) -> None:
     """The parts as OUTPUT (a directory of parts, or one file joined in range order) and
-    the rejects joined in range order, committed together."""
+    the rejects joined in range order, committed together (with ``extra``: {path: table})."""
     parts = stage.parts()
     if len(parts) != n_ranges:  # every task succeeded, so this is a bug, not bad input
         raise RuntimeError(f"{stage.dir}: {len(parts)} parts for {n_ranges} ranges")
     rejects = RejectsLog(rejects_path)
     writer = None
+    others = []
     try:
         for f in stage.rejects():
             rejects.add(pq.read_table(f))
@@ -512,11 +538,15 @@ def _commit_parts(stage: Stage, output: Path, rejects_path: Path, n_ranges: int)
                 for g in range(pf.num_row_groups):
                     writer.write(pf.read_row_group(g))
             pending = [writer.finish()]
-        commit_together(pending + [rejects.finish()])
+        for path, t in (extra or {}).items():
+            others.append(AtomicWriter(path, t.schema))
+            others[-1].write(t)
+        commit_together(pending + [rejects.finish()] + [w.finish() for w in others])
     except BaseException:
         rejects.abort()
-        if writer is not None:
-            writer.abort()
+        for w in (writer, *others):
+            if w is not None:
+                w.abort()
         raise
 
 
@@ -533,8 +563,9 @@ def _check_parts_output(output: Path) -> None:
                                 "irscreen replaces only a directory of its own parts")
 
 
-def _write_parts(client, task, p: Plan, job_fields: dict, output_path, rejects_path, progress, **kwargs) -> Summary:
-    """featurize and predict: every range's part and rejects, then the output."""
+def _write_parts(client, task, p: Plan, job_fields: dict, output_path, rejects_path, progress, extra=None,
+                 **kwargs) -> Summary:
+    """featurize and predict: every range's part and rejects, then the output (and ``extra``)."""
     output_path = Path(output_path)
     rejects_path = Path(rejects_path) if rejects_path else default_rejects_path(output_path)
     if is_parts_dir(output_path):
@@ -551,7 +582,7 @@ def _write_parts(client, task, p: Plan, job_fields: dict, output_path, rejects_p
             s.rows_read += res["rows"]
             s.rows_ok += res["ok"]
             s.rows_rejected += res["rejected"]
-        _commit_parts(stage, output_path, rejects_path, len(p.ranges))
+        _commit_parts(stage, output_path, rejects_path, len(p.ranges), extra)
     finally:
         stage.remove()
     return s
@@ -574,30 +605,32 @@ def featurize_file(input_path, output_path, *, cluster, formula_column=None, pre
     return s
 
 
-def predict_file(input_path, output_path, *, cluster, model=DEFAULT_MODEL, members=False, formula_column=None,
-                 precision=DEFAULT_PRECISION, device="auto", batch_rows=DEFAULT_BATCH_ROWS, rejects_path=None,
-                 hull=False, phases=None, progress=None, range_rows=None):
+def predict_file(input_path, output_path, *, cluster, model=DEFAULT_MODEL, also=(), members=False,
+                 formula_column=None, precision=DEFAULT_PRECISION, device="auto", batch_rows=DEFAULT_BATCH_ROWS,
+                 rejects_path=None, hull=False, phases=None, progress=None, range_rows=None):
     """``screening.predict_file`` on a cluster: OUTPUT is one file, or a directory of
     Parquet parts (``is_parts_dir``)."""
-    from irscreen.screening.predict import (PredictSummary, check_new_columns, check_precision, load, new_columns,
-                                            resolve_phases)
+    from irscreen.screening.predict import (PredictSummary, check_new_columns, check_precision, load_predict_models,
+                                            new_columns, resolve_phases)
 
     t0 = time.perf_counter()
     check_precision(precision)
     _check_device(device)
     with connect(cluster) as client:
-        warming = _warm(client, model)  # noqa: F841
-        m = load(model)
+        warming = _warm(client, model, *_listed(also))  # noqa: F841
+        models = load_predict_models(model, also)
+        m = models.main
         src = resolve_phases(m, phases, output_path, hull)
         p = plan(input_path, formula_column, client, batch_rows, range_rows)
-        check_new_columns(p.columns, new_columns(m, src, hull, members))
-        job_fields = dict(batch_rows=batch_rows, model=_model_ref(model), members=_members(m), device=device,
-                          precision=precision, with_members=members, hull=hull)
+        check_new_columns(p.columns, new_columns(models, src, hull, members))
+        job_fields = dict(batch_rows=batch_rows, model=_model_ref(model), members=_members(m), others=_others(models),
+                          device=device, precision=precision, with_members=members, hull=hull)
         known = client.scatter(src.phases, broadcast=True) if src.phases is not None else None
-        s = _write_parts(client, predict_range, p, job_fields, output_path, rejects_path, progress, phases=known)
+        extra = {src.rejects_path: src.rejects} if src.rejects is not None else None  # committed with the output
+        s = _write_parts(client, predict_range, p, job_fields, output_path, rejects_path, progress, extra=extra,
+                         phases=known)
     s = PredictSummary(**asdict(s), phases=src.label)
     if src.rejects is not None:
-        write_table(src.rejects_path, src.rejects)
         s.phases_rejects, s.phases_rejected = str(src.rejects_path), src.rejects.num_rows
     s.seconds = time.perf_counter() - t0
     return s
@@ -614,9 +647,9 @@ def _model_ref(model) -> str:
     return str(Path(path).resolve()) if Path(path).exists() else str(path)
 
 
-def screen_file(input_path, output_path, opts, *, cluster, model=DEFAULT_MODEL, formula_column=None, device="auto",
-                batch_rows=DEFAULT_BATCH_ROWS, rejects_path=None, resume=False, phases=None, progress=None,
-                range_rows=None):
+def screen_file(input_path, output_path, opts, *, cluster, model=DEFAULT_MODEL, also=(), formula_column=None,
+                device="auto", batch_rows=DEFAULT_BATCH_ROWS, rejects_path=None, resume=False, phases=None,
+                progress=None, range_rows=None):
     """``screening.screen_file`` on a cluster: the same shortlist and rejects files.
 
     The driver commits a resume checkpoint (``screening.state``) after every range it
@@ -624,8 +657,8 @@ def screen_file(input_path, output_path, opts, *, cluster, model=DEFAULT_MODEL, 
     received (lost workers need no resume: the scheduler reruns their tasks)."""
     from irscreen import __version__
     from irscreen.screening.pool import PoolStats, new_pool
-    from irscreen.screening.predict import check_new_columns, load, new_columns, resolve_phases
-    from irscreen.screening.runner import ScreenResult, write_shortlist
+    from irscreen.screening.predict import check_new_columns, resolve_phases
+    from irscreen.screening.runner import ScreenResult, load_screen_models, shortlist_columns, write_shortlist
     from irscreen.screening.state import ScreenState
     from irscreen.screening.topk import TopK
 
@@ -636,14 +669,16 @@ def screen_file(input_path, output_path, opts, *, cluster, model=DEFAULT_MODEL, 
     rejects_path = Path(rejects_path) if rejects_path else default_rejects_path(output_path)
     files = input_files(input_path)
     with connect(cluster) as client:
-        warming = _warm(client, model)  # noqa: F841
-        m = load(model)
+        warming = _warm(client, model, *[c.model for c in opts.conditions()], *_listed(also))  # noqa: F841
+        models, conditions = load_screen_models(model, opts, also)
+        m = models.main
         src = resolve_phases(m, phases, output_path, opts.hull)
         if opts.exclude_known and src.phases is None:
             raise IrscreenError(f"--exclude-known needs known phases: model {m.name!r} has none; pass --phases FILE")
         recover(output_path)
         identity = {"input": [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.exists()],
-                    "model": str(m.path.resolve()), "members": list(_members(m)), "phases": src.sha256,
+                    "model": str(m.path.resolve()), "members": list(_members(m)), "others": models.identity(),
+                    "phases": src.sha256,
                     "options": asdict(opts), "column": formula_column, "batch_rows": batch_rows, "device": device,
                     "irscreen": __version__, "cluster": True}
         state = ScreenState(output_path, identity)
@@ -659,10 +694,9 @@ def screen_file(input_path, output_path, opts, *, cluster, model=DEFAULT_MODEL, 
             pool = PoolStats.from_json(saved["pool"]) if opts.plot else None
         p = plan(input_path, formula_column, client, batch_rows, n["range_rows"])  # a resumed run keeps its ranges
         n["range_rows"] = p.range_rows
-        check_new_columns(p.columns, ["rank", *new_columns(m, src, opts.hull),
-                                      *(["decomposition"] if opts.hull else [])])
-        job = _new_job(p, batch_rows=batch_rows, model=_model_ref(model), members=_members(m), device=device,
-                       opts=opts)
+        check_new_columns(p.columns, shortlist_columns(models, src, opts))
+        job = _new_job(p, batch_rows=batch_rows, model=_model_ref(model), members=_members(m), others=_others(models),
+                       conditions=tuple(conditions), device=device, opts=opts)
         known = client.scatter(src.phases, broadcast=True) if src.phases is not None else None
         workers = _workers(client)
 
@@ -683,14 +717,15 @@ def screen_file(input_path, output_path, opts, *, cluster, model=DEFAULT_MODEL, 
     # the rejects files are numbered in the order ranges came in; the rejects file wants input order
     received = {i: k + 1 for k, i in enumerate(n["done"])}
     parts = [f for f in (state.dir / f"rejects-{received[r.index]:08d}.parquet" for r in p.ranges) if f.exists()]
-    shortlist, plot = write_shortlist(top, p, m, src, opts, p.column, output_path, rejects_path, parts, pool)
+    shortlist, plot = write_shortlist(top, p, models, src, opts, p.column, output_path, rejects_path, parts, pool)
     state.clear()
     c = n["counts"]
     s = Summary(rows_read=c["rows_done"], rows_ok=c["screened"], rows_rejected=c["rejected"],
                 seconds=time.perf_counter() - t0, output=str(output_path), rejects=str(rejects_path))
     # hull_seconds: summed over the workers
     return ScreenResult(s, shortlist, c["screened"], c["filtered"], top.cutoff, p.column,
-                        known_left_out=c["known_left_out"], hull_rows=c["hull_rows"],
+                        known_left_out=c["known_left_out"], failed_conditions=c["failed_conditions"],
+                        others=[o.name for o in models.others], hull_rows=c["hull_rows"],
                         hull_seconds=c.get("hull_seconds", 0.0), phases=src.label,
                         phases_rejects=str(src.rejects_path or ""),
                         phases_rejected=src.rejects.num_rows if src.rejects is not None else 0, plot=plot)

@@ -7,7 +7,7 @@ Nothing is dropped silently: rows in = rows featurized + rows rejected.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
@@ -29,11 +29,24 @@ class FeaturizedBatch:
     rejects: pa.Table  # row, formula, error
     elements: np.ndarray  # (len(rows), k) int16 atomic numbers, 0 = padding
     fractions: np.ndarray  # (len(rows), k) atomic fractions
+    preset: str = ""  # XT's preset
+    #: Other presets' features of the same rows, (F, n) each: computed from the same parsed
+    #: batch for the other models of a run (``featurize_table(also=...)``)
+    more: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def X(self) -> np.ndarray:
         """(len(rows), F) view of the features."""
         return self.XT.T
+
+    def X_for(self, preset: str) -> np.ndarray:
+        """(len(rows), F) view of ``preset``'s features: XT's, or one computed alongside."""
+        if preset == self.preset:
+            return self.X
+        try:
+            return self.more[preset].T
+        except KeyError:  # a caller's bug: featurize_table was not asked for this preset
+            raise RuntimeError(f"batch has no {preset!r} features (it has {self.preset!r}, {list(self.more)})") from None
 
     def row_numbers(self) -> np.ndarray:
         """Input row number of each featurized row (rejected rows removed)."""
@@ -43,9 +56,13 @@ class FeaturizedBatch:
         return np.flatnonzero(mask) + self.start
 
 
-def featurize_formulas(formulas: pa.Array, preset: str, engine: str = "fast"):
+def featurize_formulas(formulas: pa.Array, preset: str, engine: str = "fast", also: tuple[str, ...] = ()):
     """Worker: formulas -> (features (F, n) float32, feature-major, NaN for failed rows;
-    per-row error or None; element numbers (n, k); atomic fractions (n, k))."""
+    per-row error or None; element numbers (n, k); atomic fractions (n, k); the ``also``
+    presets' features, {preset: (F, n)}).
+
+    The formulas are parsed once; every preset is computed from that parsed batch. A row
+    any preset cannot featurize is an error (it cannot get every model's prediction)."""
     from irscreen.composition import parse_batch
     from irscreen.features import featurize_parsed_columns, get_preset, nonfinite_errors
 
@@ -65,11 +82,15 @@ def featurize_formulas(formulas: pa.Array, preset: str, engine: str = "fast"):
     # a row with a non-finite feature the preset does not allow to be missing is a reject
     # that names the feature: no model ever sees a silently filled value
     errors = nonfinite_errors(XT, preset, formulas, errors)
-    return XT, errors, batch.elements, batch.fractions()
+    more = {}
+    for other in also:
+        more[other] = featurize_parsed_columns(batch, other, np.float32)
+        errors = nonfinite_errors(more[other], other, formulas, errors)
+    return XT, errors, batch.elements, batch.fractions(), more
 
 
-def _split(start: int, rb: pa.RecordBatch, column: str, XT: np.ndarray, errors: list, elements: np.ndarray,
-           fractions: np.ndarray) -> FeaturizedBatch:
+def _split(start: int, rb: pa.RecordBatch, column: str, preset: str, XT: np.ndarray, errors: list,
+           elements: np.ndarray, fractions: np.ndarray, more: dict) -> FeaturizedBatch:
     bad = np.fromiter((e is not None for e in errors), dtype=bool, count=len(errors))
     good = np.flatnonzero(~bad)
     if bad.any():
@@ -85,10 +106,11 @@ def _split(start: int, rb: pa.RecordBatch, column: str, XT: np.ndarray, errors: 
         )
         rows = rb.take(pa.array(good))
         XT, elements, fractions = XT[:, good], elements[good], fractions[good]
+        more = {p: v[:, good] for p, v in more.items()}
     else:
         rejects = REJECTS_SCHEMA.empty_table()
         rows = rb
-    return FeaturizedBatch(start, rb.num_rows, rows, XT, rejects, elements, fractions)
+    return FeaturizedBatch(start, rb.num_rows, rows, XT, rejects, elements, fractions, preset, more)
 
 
 def featurize_table(
@@ -99,9 +121,12 @@ def featurize_table(
     batch_rows: int = DEFAULT_BATCH_ROWS,
     jobs: int = 1,
     skip_rows: int = 0,
+    also: tuple[str, ...] = (),
 ) -> Iterator[FeaturizedBatch]:
     """Yield FeaturizedBatch objects in input order. ``skip_rows`` resumes after a
-    prefix that was already processed (it must be a multiple of ``batch_rows``)."""
+    prefix that was already processed (it must be a multiple of ``batch_rows``).
+    ``also``: other presets to compute from the same parsed rows (``FeaturizedBatch.more``)."""
+    also = tuple(p for p in dict.fromkeys(also) if p != preset)
     def source():
         start = 0
         for rb in table.batches(batch_rows, string_columns=(column,)):
@@ -122,7 +147,7 @@ def featurize_table(
 
     if jobs <= 1:
         for start, rb in source():
-            yield _split(start, rb, column, *featurize_formulas(formulas_of(rb), preset, engine))
+            yield _split(start, rb, column, preset, *featurize_formulas(formulas_of(rb), preset, engine, also))
         return
 
     # A private pool of joblib's process backend (loky), driven with an explicit bound:
@@ -139,13 +164,13 @@ def featurize_table(
     in_flight: deque = deque()
     try:
         for start, rb in source():
-            in_flight.append((start, rb, executor.submit(featurize_formulas, formulas_of(rb), preset, engine)))
+            in_flight.append((start, rb, executor.submit(featurize_formulas, formulas_of(rb), preset, engine, also)))
             if len(in_flight) > jobs:
                 start0, rb0, fut = in_flight.popleft()
-                yield _split(start0, rb0, column, *fut.result())
+                yield _split(start0, rb0, column, preset, *fut.result())
         while in_flight:
             start0, rb0, fut = in_flight.popleft()
-            yield _split(start0, rb0, column, *fut.result())
+            yield _split(start0, rb0, column, preset, *fut.result())
     finally:  # also when the consumer stops early (an error, a simulated kill)
         executor.shutdown(wait=False, kill_workers=True)
 
@@ -253,9 +278,10 @@ def feature_batch(fb: FeaturizedBatch, labels: list[pa.Field]) -> pa.RecordBatch
 
 
 def write_rows(table: Table, batches, transform, output_path, rejects_path=None, progress=None,
-               _after_rename=None) -> Summary:
+               extra: dict | None = None, _after_rename=None) -> Summary:
     """Drive featurized batches into OUTPUT (``transform(batch) -> record batch``) and
-    their rejects into the rejects file; both are committed together, or neither."""
+    their rejects into the rejects file; both are committed together, or neither.
+    ``extra`` ({path: table}, e.g. a --phases file's rejects) joins the same commit."""
     from pathlib import Path
 
     from irscreen.atomic import commit_together, recover
@@ -268,6 +294,7 @@ def write_rows(table: Table, batches, transform, output_path, rejects_path=None,
     summary = Summary(output=str(output_path), rejects=str(rejects_path))
     writer = None
     rejects = RejectsLog(rejects_path)
+    others = []
     try:
         for fb in batches:
             rb = transform(fb)
@@ -282,10 +309,15 @@ def write_rows(table: Table, batches, transform, output_path, rejects_path=None,
                 progress(summary.rows_read, table.num_rows)
         if writer is None:
             raise IrscreenError(f"{table.path}: file has no rows")
-        commit_together([writer.finish(), rejects.finish()], _after_rename=_after_rename)
+        for path, t in (extra or {}).items():
+            others.append(AtomicWriter(path, t.schema))
+            others[-1].write(t)
+        commit_together([writer.finish(), rejects.finish(), *(w.finish() for w in others)],
+                        _after_rename=_after_rename)
     except BaseException:
-        if writer is not None:
-            writer.abort()
+        for w in (writer, *others):
+            if w is not None:
+                w.abort()
         rejects.abort()
         raise
     return summary

@@ -26,6 +26,7 @@ from irscreen.errors import IrscreenError
 from irscreen.pipeline import featurize_file
 from irscreen.screening import ScreenOptions, predict_file, screen_file
 
+from test_conditions import gap_model  # noqa: F401 (fixture)
 from test_screen import BIG_K, assert_one_line_error, candidates, run_cli, tiny_model, work  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("one_torch_thread")]
@@ -116,6 +117,23 @@ def test_predict_is_the_single_process_predict(client, candidates, tiny_model, w
         cluster.predict_file(candidates["path"], out, cluster=client, model=tiny_model, members=True, device="cpu",
                              batch_rows=BATCH, range_rows=2 * RANGE)
         assert pq.read_table(out).equals(pq.read_table(one))
+
+
+def test_several_models_are_the_single_process_run(client, candidates, tiny_model, gap_model, work):
+    """--where/--also and predict -m A -m B: the other models (another preset) on the workers."""
+    opts = ScreenOptions(top=40, kappa=0.5, unique=True, where=[f"{gap_model} >= 0.3", f"{tiny_model} < 0.2"])
+    one, many = work / "one-where.parquet", work / "many-where.parquet"
+    kw = dict(model=tiny_model, also=[str(tiny_model), str(gap_model)], device="cpu", batch_rows=BATCH)
+    ref = screen_file(candidates["path"], one, opts, jobs=1, **kw)
+    res = cluster.screen_file(candidates["path"], many, opts, cluster=client, range_rows=RANGE, **kw)
+    same_files(one, many)
+    assert pq.read_schema(many).names[-3:] == ["tiny-gap", "tiny-gap_uncertainty", "tiny-gap_extrapolation"]
+    assert res.failed_conditions == ref.failed_conditions > 0 and res.others == ["tiny-gap"]
+    one, many = work / "one-two.parquet", work / "many-two.parquet"
+    predict_file(candidates["path"], one, model=tiny_model, also=[gap_model], device="cpu", jobs=1, batch_rows=BATCH)
+    cluster.predict_file(candidates["path"], many, cluster=client, model=tiny_model, also=[gap_model], device="cpu",
+                         batch_rows=BATCH, range_rows=RANGE)
+    same_files(one, many)
 
 
 def test_featurize_is_the_single_process_featurize(client, candidates, work):

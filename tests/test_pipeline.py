@@ -64,7 +64,15 @@ KILL_SCRIPT = textwrap.dedent("""
         if calls[0] == kill_after:
             os._exit(9)  # a hard kill: no cleanup runs
     os.replace = replace
-    featurize_file(sys.argv[1], sys.argv[2], jobs=1)
+    if len(sys.argv) > 4:  # a third file in the same commit, as predict --phases writes its rejects
+        import pyarrow as pa
+        from irscreen.io import open_table
+        from irscreen.pipeline import featurize_table, write_rows
+        table = open_table(sys.argv[1])
+        write_rows(table, featurize_table(table, "formula", "magpie", "fast", 64, 1), lambda fb: fb.rows,
+                   sys.argv[2], extra={sys.argv[4]: pa.table({"row": [3], "error": ["bad phase"]})})
+    else:
+        featurize_file(sys.argv[1], sys.argv[2], jobs=1)
     print("finished", calls[0])
 """)
 
@@ -91,6 +99,26 @@ def test_output_and_rejects_both_or_neither_under_a_kill(tmp_path):
         if out.exists():
             assert pq.read_table(out).equals(pq.read_table(tmp_path / "full.parquet"))
             assert pq.read_table(rejects).equals(pq.read_table(default_rejects_path(tmp_path / "full.parquet")))
+
+
+def test_a_third_file_joins_the_commit(tmp_path):
+    """predict --phases writes the phases file's rejects in the same commit as its output."""
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"formula": FORMULAS * 20}), src)
+    run = lambda out, k: subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(src), str(out), str(k),  # noqa: E731
+                                         str(out.with_suffix(".extra.parquet"))], capture_output=True, text=True,
+                                        timeout=120)
+    full = run(tmp_path / "full.parquet", 10**6)
+    assert full.returncode == 0, full.stderr
+    n_renames = int(full.stdout.split()[-1])
+    assert n_renames >= 4  # the journal, the output, the rejects file, the extra file
+    for k in range(1, n_renames + 1):
+        out = tmp_path / f"killed-{k}.parquet"
+        assert run(out, k).returncode == 9
+        recover(out)
+        files = [out, default_rejects_path(out), out.with_suffix(".extra.parquet")]
+        assert len({f.exists() for f in files}) == 1, (k, [f.exists() for f in files])
+    assert pq.read_table(tmp_path / "full.extra.parquet").column("error").to_pylist() == ["bad phase"]
 
 
 def test_recover_without_journal_is_a_no_op(tmp_path):

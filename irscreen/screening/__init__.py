@@ -3,6 +3,7 @@
     predict.py     predict_file, and the numeric path predict and screen share
     runner.py      screen_file and the notebook API screen()
     objectives.py  what a screen ranks by (minimize, maximize, target value; kappa)
+    conditions.py  screen --where "MODEL OP VALUE": conditions on the run's models
     filters.py     element filters, chemical systems, reduced compositions
     topk.py        the running top-K with per-system caps and unique compositions
     state.py       the resume checkpoint, one atomic commit per batch

@@ -11,6 +11,14 @@ hull energy is never above 0, so a row's hull distance is never below its predic
 row whose prediction already scores above the running cutoff cannot enter the shortlist,
 and gets no hull (the pruning is exact, so the shortlist equals sorting ``predict
 --hull`` output). ``plot`` turns that off: the picture shows every row's hull distance.
+
+``--where "MODEL OP VALUE"`` (:mod:`irscreen.screening.conditions`) keeps only rows whose
+prediction by MODEL satisfies the condition; ``--also MODEL`` adds a model's columns
+(:class:`irscreen.screening.predict.Models` names them). Conditions are tested before the
+ranking, model by model, the ranking model first: a row failing one needs no other model's
+prediction, and every row is tested, so the count of rows failing a condition does not
+depend on batches or ranges. A model named only by ``--also`` is predicted last, only for
+the rows whose score can still enter the shortlist (the top-K turns the others away).
 """
 from __future__ import annotations
 
@@ -28,19 +36,25 @@ from irscreen.errors import IrscreenError
 from irscreen.io import AtomicWriter, default_rejects_path, open_table
 from irscreen.pipeline import DEFAULT_BATCH_ROWS, FeaturizedBatch, RejectsLog, Summary, featurize_table
 from irscreen.screening import objectives
+from irscreen.screening.conditions import all_hold, parse_all
 from irscreen.screening.filters import element_filter, system_and_composition
 from irscreen.config import DEFAULT_MODEL, DEFAULT_PRECISION
 from irscreen.screening.hull import decomposition_text, hull_columns, hull_energy, known_columns
 from irscreen.screening.pool import PoolStats, new_pool, ranking_value, with_metadata
 from irscreen.screening.predict import (
+    Models,
     Phases,
+    as_models,
     check_new_columns,
     check_precision,
     device_type,
-    load,
+    load_models,
+    model_columns,
     new_columns,
+    new_fields,
     output_arrays,
     resolve_phases,
+    uncertainty_column,
 )
 from irscreen.screening.state import ScreenState, fingerprint
 from irscreen.screening.topk import TopK
@@ -61,6 +75,7 @@ class ScreenOptions:
     hull: bool = False  # rank by hull distance to the known phases
     exclude_known: bool = False  # leave known phases out of the shortlist
     plot: bool = False  # gather pool statistics and draw the shortlist's picture
+    where: list[str] = field(default_factory=list)  # conditions "MODEL OP VALUE" (screening.conditions)
 
     def validate(self) -> None:
         if self.top <= 0:
@@ -83,6 +98,11 @@ class ScreenOptions:
             raise IrscreenError("--hull ranks by the lowest hull distance; it does not combine with --maximize or "
                                 "--target-value")
         check_precision(self.precision)
+        self.conditions()
+
+    def conditions(self) -> list:
+        """The --where conditions, parsed (not yet bound to their models' columns)."""
+        return parse_all(self.where)
 
     def score(self, mean: np.ndarray, sigma: np.ndarray) -> np.ndarray:
         return objectives.score(self.objective, mean, sigma, self.kappa, self.target_value)
@@ -97,6 +117,8 @@ class ScreenResult:
     cutoff: float = float("nan")
     formula_column: str = "formula"
     known_left_out: int = 0  # --exclude-known: screened rows that are known phases
+    failed_conditions: int = 0  # --where: screened rows that failed a condition
+    others: list = field(default_factory=list)  # the other models' names (their columns' prefixes)
     hull_rows: int = 0  # rows that needed a hull energy
     hull_seconds: float = 0.0  # time spent on them in this process
     phases: str = ""  # which known phases the known/hull columns use
@@ -108,11 +130,32 @@ class ScreenResult:
         return self.shortlist.to_pandas()
 
 
-def screen_file(input_path, output_path, opts: ScreenOptions, *, model=DEFAULT_MODEL, formula_column=None,
+def load_screen_models(model, opts: ScreenOptions, also=()) -> tuple[Models, list]:
+    """The models of a screen (``model`` ranks; the --where models, then the ``also``
+    models, add columns) and the conditions bound to their models' columns. A condition
+    on the ranking model tests ``prediction``/``uncertainty``."""
+    conditions = opts.conditions()
+    also = [also] if isinstance(also, (str, Path)) else list(also)
+    labels = [f"--where '{c}'" for c in conditions] + [f"--also {str(ref)!r}" for ref in also]
+    models, named = load_models(model, [c.model for c in conditions] + also, labels)
+    bound = []
+    for c, m in zip(conditions, named):
+        col = models.value_column(m)
+        bound.append(c.bound(col, uncertainty_column(col)))
+    return models, bound
+
+
+def shortlist_columns(models: Models, src: Phases, opts: ScreenOptions) -> list[str]:
+    """The columns a screen adds to the input's."""
+    return ["rank", *new_columns(models, src, opts.hull), *(["decomposition"] if opts.hull else [])]
+
+
+def screen_file(input_path, output_path, opts: ScreenOptions, *, model=DEFAULT_MODEL, also=(), formula_column=None,
                 device="auto", jobs=1, batch_rows=DEFAULT_BATCH_ROWS, rejects_path=None, resume=False, phases=None,
                 progress=None, _kill=None) -> ScreenResult:
     """Screen INPUT for the best ``opts.top`` rows; writes OUTPUT (Parquet/CSV) and its rejects.
-    ``phases``: a phases file replacing the model's own known phases.
+    ``phases``: a phases file replacing the model's own known phases. ``also``: models whose
+    columns the shortlist gets besides those of ``model`` and of the ``opts.where`` models.
 
     ``_kill(point)``: a test hook called at every commit point of every batch (and of the
     final write); raising there simulates a kill."""
@@ -122,7 +165,8 @@ def screen_file(input_path, output_path, opts: ScreenOptions, *, model=DEFAULT_M
     opts.validate()
     if batch_rows < 1:
         raise IrscreenError("--batch-rows must be >= 1")
-    m = load(model)
+    models, conditions = load_screen_models(model, opts, also)
+    m = models.main
     dev = device_type(device)
     table = open_table(input_path)
     column = table.formula_column(formula_column)
@@ -131,20 +175,19 @@ def screen_file(input_path, output_path, opts: ScreenOptions, *, model=DEFAULT_M
     if opts.exclude_known and src.phases is None:
         raise IrscreenError(f"--exclude-known needs known phases: model {m.name!r} has no known phases; pass "
                             "--phases FILE")
-    added = ["rank", *new_columns(m, src, opts.hull), *(["decomposition"] if opts.hull else [])]
-    check_new_columns(table.columns, added)
+    check_new_columns(table.columns, shortlist_columns(models, src, opts))
     rejects_path = Path(rejects_path) if rejects_path else default_rejects_path(output_path)
     recover(output_path)
     identity = {
         "input": str(Path(input_path).resolve()), "fingerprint": fingerprint(Path(input_path)),
         "model": str(m.path.resolve()), "members": [mm["sha256"] for mm in m.manifest["members"]],
-        "phases": src.sha256, "options": asdict(opts), "column": column, "batch_rows": batch_rows, "device": dev,
-        "irscreen": __version__,
+        "others": models.identity(), "phases": src.sha256, "options": asdict(opts), "column": column,
+        "batch_rows": batch_rows, "device": dev, "irscreen": __version__,
     }
     state = ScreenState(output_path, identity)
     top = TopK(opts.top, opts.max_per_system, opts.unique)
     counters = {"rows_done": 0, "batches": 0, "rejected": 0, "screened": 0, "filtered": 0, "known_left_out": 0,
-                "hull_rows": 0}
+                "failed_conditions": 0, "hull_rows": 0}
     pool = new_pool(m, opts) if opts.plot else None
     hull_seconds = 0.0
     if resume:
@@ -156,14 +199,16 @@ def screen_file(input_path, output_path, opts: ScreenOptions, *, model=DEFAULT_M
     else:
         state.clear()
 
-    for fb in featurize_table(table, column, m.preset, "fast", batch_rows, jobs, skip_rows=counters["rows_done"]):
-        cand, n = _score_batch(fb, m, opts, dev, src.phases, top.cutoff, pool)
+    batches = featurize_table(table, column, m.preset, "fast", batch_rows, jobs, skip_rows=counters["rows_done"],
+                              also=models.also_presets)
+    for fb in batches:
+        cand, n = _score_batch(fb, models, opts, dev, src.phases, top.cutoff, pool, conditions)
         top.offer(cand)
         counters["rows_done"] += fb.n_in
         counters["batches"] += 1
         counters["rejected"] += fb.rejects.num_rows
         counters["screened"] += fb.rows.num_rows
-        for k in ("filtered", "known_left_out", "hull_rows"):
+        for k in ("filtered", "known_left_out", "failed_conditions", "hull_rows"):
             counters[k] += n[k]
         hull_seconds += n["hull_seconds"]
         state.save({**counters, **({"pool": pool.to_json()} if pool else {})}, top.table, fb.rejects, _kill=_kill)
@@ -173,28 +218,31 @@ def screen_file(input_path, output_path, opts: ScreenOptions, *, model=DEFAULT_M
 
     if counters["rows_done"] == 0:
         raise IrscreenError(f"{table.path}: file has no rows")
-    shortlist, plot = write_shortlist(top, table, m, src, opts, column, output_path, rejects_path,
+    shortlist, plot = write_shortlist(top, table, models, src, opts, column, output_path, rejects_path,
                                       state.rejects_parts(), pool, _kill)
     state.clear()
     s = Summary(rows_read=counters["rows_done"], rows_ok=counters["screened"], rows_rejected=counters["rejected"],
                 seconds=time.perf_counter() - t0, output=str(output_path), rejects=str(rejects_path))
     return ScreenResult(s, shortlist, counters["screened"], counters["filtered"], top.cutoff, column,
-                        known_left_out=counters["known_left_out"], hull_rows=counters["hull_rows"], phases=src.label,
+                        known_left_out=counters["known_left_out"], failed_conditions=counters["failed_conditions"],
+                        others=[o.name for o in models.others], hull_rows=counters["hull_rows"], phases=src.label,
                         phases_rejects=str(src.rejects_path or ""),
                         phases_rejected=src.rejects.num_rows if src.rejects is not None else 0, plot=plot,
                         hull_seconds=hull_seconds)
 
 
-def write_shortlist(top: TopK, table, m, src: Phases, opts: ScreenOptions, column: str, output_path: Path,
+def write_shortlist(top: TopK, table, models, src: Phases, opts: ScreenOptions, column: str, output_path: Path,
                     rejects_path: Path, rejects_parts, pool: PoolStats | None = None, _kill=None) -> tuple[pa.Table, str]:
     """The shortlist from the final top-K, written with its rejects (the Parquet files
     ``rejects_parts``, in order) and a --phases file's rejects as one commit; with ``pool``,
     its picture too. ``table``: the input (its columns name a shortlist no row reached).
-    Returns the shortlist and the picture's path ("" without one)."""
-    held = top.table if top.table is not None else (top.schema or _fallback_schema(table, m, src, opts)).empty_table()
+    ``models``: the run's Models (or its one Model). Returns the shortlist and the
+    picture's path ("" without one)."""
+    models = as_models(models)
+    held = top.table if top.table is not None else (top.schema or _fallback_schema(table, models, src, opts)).empty_table()
     shortlist = _finish(held, src.phases if opts.hull else None, column)
     if pool:
-        shortlist = with_metadata(shortlist, {"pool": pool.to_json(), "options": asdict(opts), "model": m.name,
+        shortlist = with_metadata(shortlist, {"pool": pool.to_json(), "options": asdict(opts), "model": models.main.name,
                                               "formula_column": column, "phases": src.label})
     out = AtomicWriter(output_path, shortlist.schema)
     rejects = RejectsLog(rejects_path)
@@ -221,19 +269,33 @@ def write_shortlist(top: TopK, table, m, src: Phases, opts: ScreenOptions, colum
     return shortlist, plot
 
 
-def _score_batch(fb: FeaturizedBatch, m, opts: ScreenOptions, dev: str, phases, cutoff: float,
-                 pool: PoolStats | None) -> tuple[pa.Table, dict]:
+def _score_batch(fb: FeaturizedBatch, models, opts: ScreenOptions, dev: str, phases, cutoff: float,
+                 pool: PoolStats | None, conditions=()) -> tuple[pa.Table, dict]:
     """The batch's rows that can enter the shortlist, with their columns and ``_score``;
-    and how many rows the element filters and --exclude-known left out, and how many got a hull."""
+    and how many rows the element filters, --exclude-known and the (bound) ``conditions``
+    left out, and how many got a hull. ``models``: the run's Models (or its one Model)."""
+    models = as_models(models)
     keep = element_filter(fb.elements, opts.include_elements, opts.exclude_elements, opts.max_elements)
-    n = {"filtered": int((~keep).sum()), "known_left_out": 0, "hull_rows": 0, "hull_seconds": 0.0}
+    n = {"filtered": int((~keep).sum()), "known_left_out": 0, "failed_conditions": 0, "hull_rows": 0,
+         "hull_seconds": 0.0}
     if phases is not None:
         known, known_idx = known_columns(phases, fb.elements, fb.fractions)
         if opts.exclude_known:  # before inference: a known row costs no model time
             n["known_left_out"] = int((keep & known["known"]).sum())
             keep &= ~known["known"]
     idx = np.flatnonzero(keep)
-    cols = m.outputs(m.predict_members(fb.X[idx], opts.precision, dev), fb.elements[idx])
+    cols = model_columns(models.main, fb, idx, opts.precision, dev)
+    # --where, model by model, the ranking model first: a row failing a condition costs no
+    # further model time (every row is still tested: the count is exact)
+    for m in models.all:
+        tests = [c for c in conditions if c.column == models.value_column(m)]
+        if not tests:
+            continue
+        if m is not models.main:
+            cols.update(model_columns(m, fb, idx, opts.precision, dev, m.name))
+        ok = all_hold(tests, cols, opts.kappa)
+        n["failed_conditions"] += int((~ok).sum())
+        idx, cols = idx[ok], {k: v[ok] for k, v in cols.items()}
     if phases is not None:
         cols.update({k: v[idx] for k, v in known.items()})
     # score the float32 values the shortlist shows, so ranking agrees with sorting the output
@@ -252,9 +314,17 @@ def _score_batch(fb: FeaturizedBatch, m, opts: ScreenOptions, dev: str, phases, 
         n["hull_rows"] = len(idx)
     if pool:
         pool.add(ranking_value(score, opts.objective), fb.elements[idx], cols.get("known"))
+    rest = [m for m in models.others if models.value_column(m) not in cols]  # named by --also only
+    if rest:
+        if cutoff < np.inf:  # TopK.offer turns away every row scoring past the cutoff: they need no columns
+            can = np.flatnonzero(score <= cutoff)
+            idx, score, cols = idx[can], score[can], {k: v[can] for k, v in cols.items()}
+        for m in rest:
+            cols.update(model_columns(m, fb, idx, opts.precision, dev, m.name))
     rows = fb.rows if len(idx) == fb.rows.num_rows else fb.rows.take(pa.array(idx))
     t = pa.Table.from_batches([rows])
-    for fld, arr in output_arrays(cols):
+    order = new_columns(models, Phases(phases), opts.hull)  # every batch's candidates in one schema
+    for fld, arr in output_arrays({c: cols[c] for c in order}):
         t = t.append_column(fld, arr)
     t = t.append_column("_score", pa.array(score))
     t = t.append_column("_row", pa.array(fb.row_numbers()[idx], pa.int64()))
@@ -265,11 +335,9 @@ def _score_batch(fb: FeaturizedBatch, m, opts: ScreenOptions, dev: str, phases, 
     return t, n
 
 
-def _fallback_schema(table, m, src: Phases, opts: ScreenOptions) -> pa.Schema:
+def _fallback_schema(table, models: Models, src: Phases, opts: ScreenOptions) -> pa.Schema:
     """The shortlist's columns when no row ever reached it (every row rejected or filtered)."""
-    return pa.schema([pa.field(c, pa.string()) for c in table.columns]
-                     + [pa.field(c, pa.bool_() if c in ("extrapolation", "known") else pa.float32())
-                        for c in new_columns(m, src, opts.hull)])
+    return pa.schema([pa.field(c, pa.string()) for c in table.columns] + new_fields(models, src, opts.hull))
 
 
 def _finish(t: pa.Table, hull_phases=None, column: str = "formula") -> pa.Table:
@@ -296,27 +364,31 @@ def _decompositions(phases, formulas: pa.ChunkedArray) -> list[str]:
 def screen(source, top: int = 100, *, model=DEFAULT_MODEL, output=None, minimize=True, maximize=False,
            target_value=None, kappa=0.0, include_elements=(), exclude_elements=(), max_elements=None,
            max_per_system=None, unique=False, precision=DEFAULT_PRECISION, device="auto", jobs=1,
-           batch_rows=DEFAULT_BATCH_ROWS, formula_column=None, hull=False, phases=None, exclude_known=False):
+           batch_rows=DEFAULT_BATCH_ROWS, formula_column=None, hull=False, phases=None, exclude_known=False,
+           where=(), also=()):
     """Notebook API mirroring ``irscreen screen``: returns the shortlist as a pandas DataFrame.
 
     ``source``: a Parquet/CSV path, or in-memory formulas (list, pandas/polars DataFrame
     with a formula column, pyarrow Table). ``output``: also write the shortlist there.
-    ``hull``: rank by hull distance; ``phases``: a phases file instead of the model's."""
+    ``hull``: rank by hull distance; ``phases``: a phases file instead of the model's.
+    ``where``: conditions such as ``["band-gap >= 1.0"]``; ``also``: models whose
+    predictions are added without a condition."""
     import tempfile
 
     objective = "target" if target_value is not None else ("maximize" if maximize else "minimize")
     opts = ScreenOptions(top=top, objective=objective, target_value=target_value, kappa=kappa,
                          include_elements=list(include_elements), exclude_elements=list(exclude_elements),
                          max_elements=max_elements, max_per_system=max_per_system, unique=unique, precision=precision,
-                         hull=hull, exclude_known=exclude_known)
+                         hull=hull, exclude_known=exclude_known,
+                         where=[where] if isinstance(where, str) else [str(w) for w in where])
     with tempfile.TemporaryDirectory(prefix="irscreen-") as tmp:
         path = source
         if not isinstance(source, (str, Path)):
             path = Path(tmp) / "input.parquet"
             pq.write_table(_as_arrow(source), path)
         out = Path(output) if output else Path(tmp) / "shortlist.parquet"
-        res = screen_file(path, out, opts, model=model, formula_column=formula_column, device=device, jobs=jobs,
-                          batch_rows=batch_rows, rejects_path=Path(tmp) / "rejects.parquet", phases=phases)
+        res = screen_file(path, out, opts, model=model, also=also, formula_column=formula_column, device=device,
+                          jobs=jobs, batch_rows=batch_rows, rejects_path=Path(tmp) / "rejects.parquet", phases=phases)
         return res.shortlist.to_pandas()
 
 
