@@ -51,29 +51,8 @@ def run(cmd: list[str], cwd=None, env=None, interval: float = 0.05) -> dict:
 
 
 def realistic_formulas(n: int, seed: int = 0, batch: int = 200_000):
-    """Yield lists of realistic candidate formulas: 2-5 elements drawn from the 80
-    most common elements of inorganic databases, integer (1-8) or fractional (0.05-4,
-    two decimals) amounts. Nearly all distinct, as in a real candidate pool."""
-    import numpy as np
+    """Lists of realistic candidate formulas (:func:`irscreen.generate.sample_formulas`:
+    2-5 of the common elements, integer or two-decimal amounts, nearly all distinct)."""
+    from irscreen.generate import sample_formulas
 
-    from irscreen.composition import SYMBOLS
-
-    rng = np.random.default_rng(seed)
-    pool = np.array([z for z in range(1, 84) if SYMBOLS[z] not in ("He", "Ne", "Ar", "Kr", "Xe", "Tc", "Pm")])
-    done = 0
-    while done < n:
-        m = min(batch, n - done)
-        k = rng.integers(2, 6, size=m)
-        out = []
-        ints = rng.integers(1, 9, size=(m, 5))
-        fracs = np.round(rng.uniform(0.05, 4, size=(m, 5)), 2)
-        use_frac = rng.random((m, 5)) < 0.25
-        for i in range(m):
-            els = rng.choice(pool, size=k[i], replace=False)
-            parts = []
-            for j, z in enumerate(els):
-                amt = fracs[i, j] if use_frac[i, j] else ints[i, j]
-                parts.append(SYMBOLS[z] + ("" if amt == 1 else (f"{amt:g}")))
-            out.append("".join(parts))
-        done += m
-        yield out
+    return sample_formulas(n, seed, batch=batch)

@@ -47,7 +47,7 @@ from irscreen.chemistry import charge_balanced_outer
 from irscreen.composition import Z_OF
 from irscreen.errors import IrscreenError
 
-__all__ = ["SCHEMA", "count_compositions", "iter_compositions", "write_compositions"]
+__all__ = ["SCHEMA", "count_compositions", "iter_compositions", "sample_formulas", "write_compositions"]
 
 SCHEMA = pa.schema([("formula", pa.string()), ("n_elements", pa.int8()), ("n_atoms", pa.int16())])
 
@@ -369,6 +369,45 @@ def _sample_positions(total: int, limit: int, seed: int | None) -> np.ndarray:
     keep = np.ones(total, dtype=bool)
     keep[_floyd(total, total - limit, rng)] = False
     return np.flatnonzero(keep).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- random candidates
+
+#: Elements of random candidates by default: H..Bi without the noble gases, Tc and Pm
+#: (the elements common in inorganic databases).
+COMMON_ELEMENTS = tuple(z for z in range(1, 84) if z not in (2, 10, 18, 36, 54, 43, 61))
+
+
+def sample_formulas(n: int, seed: int = 0, elements: Sequence[int] | None = None,
+                    batch: int = 200_000) -> Iterator[list[str]]:
+    """Random candidate formulas in lists of up to ``batch``: 2-5 distinct elements from
+    ``elements`` (atomic numbers; default :data:`COMMON_ELEMENTS`), each amount an
+    integer 1-8 or, for a quarter of them, a decimal 0.05-4 (two places). Nearly all
+    distinct, like a real candidate pool; the same ``seed`` gives the same formulas.
+    Unlike the enumeration above, they are not reduced (``Li2O2`` may appear)."""
+    from irscreen.composition import SYMBOLS
+
+    rng = np.random.default_rng(seed)
+    pool = np.asarray(COMMON_ELEMENTS if elements is None else elements)
+    if len(pool) < 5:
+        raise IrscreenError(f"random candidates need at least 5 elements to draw from, got {len(pool)}")
+    done = 0
+    while done < n:
+        m = min(batch, n - done)
+        k = rng.integers(2, 6, size=m)
+        ints = rng.integers(1, 9, size=(m, 5))
+        fracs = np.round(rng.uniform(0.05, 4, size=(m, 5)), 2)
+        use_frac = rng.random((m, 5)) < 0.25
+        out = []
+        for i in range(m):
+            els = rng.choice(pool, size=k[i], replace=False)
+            parts = []
+            for j, z in enumerate(els):
+                amt = fracs[i, j] if use_frac[i, j] else ints[i, j]
+                parts.append(SYMBOLS[z] + ("" if amt == 1 else f"{amt:g}"))
+            out.append("".join(parts))
+        done += m
+        yield out
 
 
 # --------------------------------------------------------------------------- writing

@@ -372,7 +372,7 @@ def finalize_bundle(bundle: Path, td, notes: str = "", phases: bool | None = Non
     from irscreen.models.calibration import fit_calibration
     from irscreen.models.card import write_card
     from irscreen.models.ensemble import load_model
-    from irscreen.phases import is_formation_energy, phases_note, write_training_phases
+    from irscreen.phases import is_formation_energy, write_training_phases
 
     bundle = Path(bundle)
     model = load_model(bundle)
@@ -389,7 +389,6 @@ def finalize_bundle(bundle: Path, td, notes: str = "", phases: bool | None = Non
         phases = is_formation_energy(manifest.get("target", ""), manifest.get("units", ""))
     if phases:
         write_training_phases(bundle, manifest, td)
-        notes = "\n\n".join(n for n in (notes, phases_note(manifest)) if n)
     _bundle.write_json_atomic(bundle / _bundle.MANIFEST, manifest)
     units = manifest.get("units", "")
     plots.learning_curve(manifest["members"], units, bundle / "learning_curve.png")

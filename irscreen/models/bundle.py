@@ -7,6 +7,7 @@ A bundle is a directory::
     member-1.safetensors
     phases.parquet         known phases (formation-energy bundles): reduced formula and
                            DFT formation energy per atom of every training composition
+    student.safetensors    a small network distilled from the ensemble, for screen's cascade
     README.md              the model card
     learning_curve.png, parity.png
 
@@ -18,7 +19,8 @@ differs). Weights are safetensors, the phases Parquet, everything else JSON: nev
 Manifest fields added over time are optional on reading, so older bundles still load:
 ``features.element_data`` and ``features.probe`` (element-data check),
 ``calibration`` (uncertainty scale), ``elements`` (training counts per element),
-``phases`` (the known phases file).
+``phases`` (the known phases file), ``student`` (the cascade's distilled student and its
+disagreement bound; ``student.safetensors``).
 """
 from __future__ import annotations
 
@@ -323,4 +325,31 @@ def verify_phases(bundle_dir: Path, manifest: dict) -> Path | None:
             f"model bundle {bundle_dir}: {path.name} does not match the sha256 in {MANIFEST} "
             "(the file was modified or truncated)"
         )
+    return path
+
+
+# --------------------------------------------------------------------------- the cascade's student
+
+STUDENT = "student.safetensors"
+
+
+def write_student(bundle: Path, manifest: dict, state: dict, info: dict) -> dict:
+    """The distilled student's weights (float32) beside the members, then the manifest that
+    lists it with its sha256 and ``info`` (architecture, disagreement bound, how it was made)."""
+    path = Path(bundle) / STUDENT
+    write_member(path, state, "float32")
+    manifest["student"] = {"file": STUDENT, "sha256": sha256_file(path), **info}
+    write_json_atomic(Path(bundle) / MANIFEST, manifest)
+    return manifest
+
+
+def verify_student(bundle_dir: Path, manifest: dict) -> Path | None:
+    """The bundle's student file, checked against its sha256; None for a bundle without one."""
+    entry = manifest.get("student")
+    if not entry:
+        return None
+    path = Path(bundle_dir) / entry.get("file", STUDENT)
+    if not path.is_file() or sha256_file(path) != entry.get("sha256"):
+        raise IrscreenError(f"model bundle {bundle_dir}: {path.name} is missing or does not match the sha256 in "
+                            f"{MANIFEST}; rebuild it with `irscreen distill {bundle_dir}`")
     return path

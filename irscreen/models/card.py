@@ -101,10 +101,37 @@ def card_text(m: dict, notes: str = "") -> str:
         lines += [f"- `extrapolation` is true for a row holding an element seen in fewer than {el['min_count']} "
                   f"training compositions ({len(el['counts'])} elements seen; rare: {', '.join(rare) or 'none'}; "
                   "never seen: every other element). Such rows are still predicted; trust them less."]
+    if m.get("phases"):
+        from irscreen.phases import phases_note
+
+        lines += ["", phases_note(m)]
+    if m.get("student"):
+        lines += ["", _student_text(m["student"], units)]
     if notes:
         lines += ["", notes]
     lines += ["", "## Citations"] + [f"- {c}" for c in m.get("citations", [])]
     return "\n".join(lines) + "\n"
+
+
+def _student_text(st: dict, units: str) -> str:
+    d, b = st["disagreement"], st["bound"]
+    default = st.get("labels_precision", "bf16")
+    return "\n".join([
+        "## Cascade student (`screen`)",
+        "",
+        f"`student.safetensors` is a small network (`{st['architecture']}`, {st['flops_per_row'] / 1e6:.2f} MFLOP per "
+        f"row against the ensemble's {st['ensemble_flops_per_row'] / 1e6:.0f}) distilled from this ensemble. `screen` "
+        "runs it on every row and the ensemble only on rows that, within the bound below, could still enter the "
+        "shortlist or meet a condition, so the shortlist is the one the ensemble on every row gives (`--exact` "
+        "checks it).",
+        "",
+        f"| on {d['rows']:,} held-out rows | median | 99th percentile | 99.9th percentile | largest | bound ({default}) |",
+        "|---|---|---|---|---|---|",
+        *(f"| abs(student - ensemble) {k} ({units}) | {d[k]['median']:.4f} | {d[k]['p99']:.4f} | {d[k]['p99.9']:.4f} | "
+          f"{d[k]['max']:.4f} | {b[k][default]:.4f} |" for k in ("mean", "sigma")),
+        "",
+        f"Bound: {st['how']}." + (f" Reproduce: `{st['command']}`." if st.get("command") else ""),
+    ])
 
 
 def _split_text(split: dict) -> str:

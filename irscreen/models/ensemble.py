@@ -32,9 +32,11 @@ INFER_BATCH = {"cpu": 512, "cuda": 8192}
 
 
 class Model:
-    def __init__(self, path: Path, manifest: dict, nets: list[Net], phases_file: Path | None = None):
+    def __init__(self, path: Path, manifest: dict, nets: list[Net], phases_file: Path | None = None,
+                 student_file: Path | None = None):
         self.path = Path(path)
         self.phases_file = phases_file
+        self.student_file = student_file
         self.manifest = manifest
         self.nets = nets
         self.scaler = Scaler.from_json(manifest["scaler"])
@@ -71,6 +73,19 @@ class Model:
         from irscreen.phases import read_bundle_phases
 
         return read_bundle_phases(self.phases_file)
+
+    @cached_property
+    def student(self):
+        """The distilled student screen's cascade runs first
+        (:class:`irscreen.models.student.Student`); None for a bundle without one."""
+        if self.student_file is None:
+            return None
+        from irscreen.models.student import Student
+
+        info = self.manifest["student"]
+        net = Net(self.manifest["features"]["n_features"], parse_arch(info["architecture"]))
+        net.load_state_dict(load_file(str(self.student_file)), strict=True)
+        return Student(net.eval(), self.scaler, info, self.output_min)
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, target={self.target!r}, members={self.n_members}, arch={self.manifest['architecture']!r})"
@@ -163,6 +178,7 @@ def load_model(name_or_dir: str | Path = "formation-enthalpy") -> Model:
     _bundle.check_features(path, manifest)
     files = _bundle.verify_members(path, manifest)
     phases_file = _bundle.verify_phases(path, manifest)
+    student_file = _bundle.verify_student(path, manifest)
     arch = parse_arch(manifest["architecture"])
     n_features = manifest["features"]["n_features"]
     nets = []
@@ -175,4 +191,4 @@ def load_model(name_or_dir: str | Path = "formation-enthalpy") -> Model:
             raise IrscreenError(f"model bundle {path}: {f.name} does not fit architecture {arch.spec!r} ({str(e).splitlines()[0]})") from None
         net.eval()
         nets.append(net)
-    return Model(path, manifest, nets, phases_file)
+    return Model(path, manifest, nets, phases_file, student_file)

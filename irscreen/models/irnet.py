@@ -243,14 +243,17 @@ class FoldedEnsemble:
 
     precision:
       ``fp32``  every GEMM in float32.
-      ``bf16``  every GEMM in bfloat16 (AVX-512 BF16 on CPU, tensor cores on GPU).
-      ``mixed`` bf16 for the residual branches, float32 for the projection shortcuts
-                and the output layer. Measured on the shipped model: the projections
-                carry the whole signal from one width to the next, and rounding them to
-                bf16 caused most of bf16's error, while they are a small share of the
-                FLOPs (docs/benchmarks.md).
-    The residual stream, biases and ReLU stay float32 in every mode. Members must
-    share one architecture.
+      ``bf16``  the hidden layers entirely in bfloat16: GEMMs, biases, ReLU and the
+                residual stream (AMX / AVX-512 BF16 on CPU, tensor cores on GPU), the
+                output layer in float32. On CPUs with AMX the GEMMs run several times
+                faster than float32, and what remains is memory traffic between them:
+                a bf16 stream halves it and needs no dtype conversion per layer
+                (measured in docs/benchmarks.md, with its effect on validation MAE).
+      ``mixed`` bf16 for the residual branches, float32 for the residual stream, the
+                projection shortcuts and the output layer: the most accurate reduced
+                precision (the projections carry the whole signal from one width to
+                the next), about half as fast as ``bf16`` on AMX.
+    Members must share one architecture.
     """
 
     def __init__(self, members: list[list[FoldedLayer]], precision: str = "fp32", device: str = "cpu"):
@@ -261,11 +264,17 @@ class FoldedEnsemble:
         self.n_members = len(members)
         low = torch.float32 if precision == "fp32" else torch.bfloat16
         split = precision == "mixed"
+        #: dtype of the residual stream between layers (and of the biases added to it)
+        self.stream = torch.bfloat16 if precision == "bf16" else torch.float32
         n_layers = len(members[0])
+        self.n_outputs = members[0][-1].n_out
         self.layers = []
 
         def stack(ts, dtype):
             return torch.stack(ts).to(self.device, dtype).contiguous()
+
+        def bias(ts, dtype):
+            return torch.stack(ts)[:, None, :].to(self.device, dtype).contiguous()
 
         for li in range(n_layers):
             parts = [m[li] for m in members]
@@ -273,46 +282,55 @@ class FoldedEnsemble:
             last = li == n_layers - 1
             n = ref.n_out
             entry = {"n_out": n, "relu": ref.relu, "shortcut": ref.shortcut, "stack_start": ref.stack_start,
-                     "stack_end": ref.stack_end}
-            main_dtype = torch.float32 if (split and last) else low
+                     "stack_end": ref.stack_end, "last": last}
+            # the output layer (width -> 1, a negligible share of the FLOPs) is float32 in
+            # every mode: rounding the prediction itself to bf16 would cost 3 significant digits
+            main_dtype = torch.float32 if last and precision != "fp32" else low
+            bias_dtype = torch.float32 if last else self.stream
             if ref.shortcut == "packed" and split:
                 entry["w"] = stack([p.weight[:, :n] for p in parts], main_dtype)
                 entry["pw"] = stack([p.weight[:, n:] for p in parts], torch.float32)
                 entry["shortcut"] = "projection"
             else:
                 entry["w"] = stack([p.weight for p in parts], main_dtype)
-            bias = torch.stack([p.bias for p in parts])[:, None, :].to(self.device, torch.float32)
+            b = bias([p.bias for p in parts], bias_dtype)
             if entry["shortcut"] == "projection":
-                entry["b"], entry["pb"] = bias[..., :n].contiguous(), bias[..., n:].contiguous()
+                entry["b"], entry["pb"] = b[..., :n].contiguous(), b[..., n:].contiguous()
             else:
-                entry["b"] = bias
+                entry["b"] = b
             if ref.stack_end == "projection":
                 entry["sw"] = stack([p.stack_weight for p in parts], torch.float32 if split else low)
-                entry["sb"] = torch.stack([p.stack_bias for p in parts])[:, None, :].to(self.device, torch.float32)
+                entry["sb"] = bias([p.stack_bias for p in parts], bias_dtype)
             self.layers.append(entry)
 
     @staticmethod
     def _mm(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         if w.dtype == h.dtype:
             return torch.bmm(h, w)
-        return torch.bmm(h.to(w.dtype), w).float()
+        return torch.bmm(h.to(w.dtype), w).to(h.dtype)
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (batch, features) float32 (already scaled). Returns (members, batch) float32."""
-        h = x.to(self.device, torch.float32).unsqueeze(0).expand(self.n_members, -1, -1)
+        """x: (batch, features) float32 (already scaled). Returns (members, batch) float32,
+        or (members, batch, outputs) for a network with several outputs."""
+        h = x.to(self.device, self.stream).unsqueeze(0).expand(self.n_members, -1, -1)
         stack_in = h
         for L in self.layers:
+            if L["last"]:
+                h = h.float()
             if L["stack_start"]:
                 stack_in = h
-            y = self._mm(h, L["w"])
-            y += L["b"]
+            if L["w"].dtype == h.dtype:  # one fused GEMM + bias
+                y = torch.baddbmm(L["b"], h, L["w"])
+            else:
+                y = self._mm(h, L["w"])
+                y += L["b"]
             n = L["n_out"]
             out = y[..., :n]
             if L["relu"]:
                 out = torch.relu_(out)
             if L["shortcut"] == "identity":
-                out = out + h
+                out = out.add_(h) if out.is_contiguous() else out + h
             elif L["shortcut"] == "packed":
                 out = out + y[..., n:]
             elif L["shortcut"] == "projection":
@@ -322,7 +340,7 @@ class FoldedEnsemble:
             elif L["stack_end"] == "projection":
                 out = out + self._mm(stack_in, L["sw"]) + L["sb"]
             h = out
-        return h[..., 0]
+        return h[..., 0].float() if self.n_outputs == 1 else h.float()
 
     def flops_per_row(self) -> int:
         """Multiply-adds x2 of all GEMMs, all members together."""
