@@ -463,6 +463,8 @@ def screen(
     phases: Optional[Path] = typer.Option(None, help=PHASES_HELP),
     exclude_known: bool = typer.Option(False, "--exclude-known", help="Leave rows that are known phases out of the shortlist."),
     plot: bool = typer.Option(False, "--plot", help="Also write OUTPUT.png: elements and ranking value, shortlist against pool."),
+    exact: bool = typer.Option(False, "--exact", help="Run the ensemble on every row instead of the cascade (the same "
+                               "shortlist, slower: for checking)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help=SCHEDULER_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
 ) -> None:
@@ -475,7 +477,7 @@ def screen(
     opts = ScreenOptions(top=top, objective=objective, target_value=target_value, kappa=kappa,
                          include_elements=_elements(include_elements), exclude_elements=_elements(exclude_elements),
                          max_elements=max_elements, max_per_system=max_per_system, unique=unique, precision=precision,
-                         hull=hull, exclude_known=exclude_known, plot=plot, where=list(where or []))
+                         hull=hull, exclude_known=exclude_known, plot=plot, where=list(where or []), exact=exact)
     opts.validate()
     if output is None:
         from glob import has_magic
@@ -520,6 +522,9 @@ def screen(
         + (f" ({', '.join(left_out)})" if left_out else "")
         + f" in {s.seconds:.1f} s ({s.rate:,.0f} rows/s)"
     )
+    if res.exact_rows < s.rows_ok - res.filtered - res.known_left_out:
+        err.print(f"cascade: the ensemble ran on {res.exact_rows:,} rows; the student showed the others could not "
+                  "make the shortlist (--exact runs it on every row)")
     if hull:
         err.print(f"--hull: {res.hull_rows:,} rows needed a hull energy, {res.hull_seconds:.1f} s (the others scored "
                   "past the cutoff already)")

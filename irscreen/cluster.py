@@ -368,8 +368,7 @@ def screen_range(r: Range, job: Job, phases=None) -> dict:
     n = {"rows_done": 0, "rejected": 0, "screened": 0}  # and whatever _score_batch counts
     rejects = []
     for fb in featurized(RangeTable(r), job.column, models.main.preset, "fast", job.batch_rows, models.also_presets):
-        cand, counts = _score_batch(fb, models, opts, dev, phases, top.cutoff, pool, job.conditions)
-        top.offer(cand)
+        counts = _score_batch(fb, models, opts, dev, phases, top, pool, job.conditions)
         rejects.append(fb.rejects)
         _add(n, {"rows_done": fb.n_in, "rejected": fb.rejects.num_rows, "screened": fb.rows.num_rows, **counts})
         _report(job, r, n["rows_done"])
@@ -725,7 +724,7 @@ def screen_file(input_path, output_path, opts, *, cluster, model=DEFAULT_MODEL, 
     # hull_seconds: summed over the workers
     return ScreenResult(s, shortlist, c["screened"], c["filtered"], top.cutoff, p.column,
                         known_left_out=c["known_left_out"], failed_conditions=c["failed_conditions"],
-                        others=[o.name for o in models.others], hull_rows=c["hull_rows"],
+                        exact_rows=c.get("exact_rows", 0), others=[o.name for o in models.others], hull_rows=c["hull_rows"],
                         hull_seconds=c.get("hull_seconds", 0.0), phases=src.label,
                         phases_rejects=str(src.rejects_path or ""),
                         phases_rejected=src.rejects.num_rows if src.rejects is not None else 0, plot=plot)

@@ -156,6 +156,7 @@ def distill(model, data=(), cfg: DistillConfig | None = None, *, command: str = 
     from irscreen.models.ensemble import load_model
     from irscreen.models.irnet import PRECISIONS
     from irscreen.models.student import Student
+    from irscreen.composition import SYMBOLS
     from irscreen.generate import sample_formulas
 
     cfg = cfg or DistillConfig()
@@ -178,8 +179,12 @@ def distill(model, data=(), cfg: DistillConfig | None = None, *, command: str = 
         extra = np.zeros((0, m.manifest["features"]["n_features"]), np.float32)
     held = rng.random(len(extra)) < 0.1  # a tenth of the given compositions measure the bound
     say(f"featurizing {cfg.train_rows + cfg.pool_rows:,} random candidates over {len(els)} elements ...")
-    X_rand, _ = _features([f for fs in sample_formulas(cfg.train_rows, 7_000 + cfg.seed, els) for f in fs], m.preset)
-    X_pool, _ = _features([f for fs in sample_formulas(cfg.pool_rows, 8_000 + cfg.seed, els) for f in fs], m.preset)
+    # the elements themselves too: random candidates have 2-5 elements, screens may hold unaries
+    unaries = [SYMBOLS[z] for z in els]
+    X_rand, _ = _features(unaries + [f for fs in sample_formulas(cfg.train_rows, 7_000 + cfg.seed, els) for f in fs],
+                          m.preset)
+    X_pool, _ = _features(unaries + [f for fs in sample_formulas(cfg.pool_rows, 8_000 + cfg.seed, els) for f in fs],
+                          m.preset)
     X_train = np.concatenate([X_rand, extra[~held]])
     X_pool = np.concatenate([X_pool, extra[held]])
 

@@ -89,6 +89,22 @@ class Condition:
         return bound < self.value if self.op == "<" else bound <= self.value
 
 
+    def cannot_hold(self, mean: np.ndarray, sigma: np.ndarray, kappa: float, d_mean: float,
+                    d_sigma: float) -> np.ndarray:
+        """Per row: does the condition fail for every (mean, sigma) within (``d_mean``,
+        ``d_sigma``) of the given ones? The cascade's test on a student's guess
+        (:mod:`irscreen.screening.cascade`): such a row needs no ensemble."""
+        mean = np.asarray(mean, dtype=np.float64)
+        sigma = np.asarray(sigma, dtype=np.float64)
+        # the widest the tested value can move, plus float32 rounding of the shown values
+        slack = d_mean + abs(kappa) * d_sigma + 1e-6 * (1.0 + abs(self.value))
+        if self.op in (">", ">="):
+            best = mean - kappa * sigma + slack  # the highest the lower bound can be
+            return best <= self.value if self.op == ">" else best < self.value
+        best = mean + kappa * sigma - slack  # the lowest the upper bound can be
+        return best >= self.value if self.op == "<" else best > self.value
+
+
 def parse_all(texts) -> list[Condition]:
     """Every condition of a run, parsed (a single string is one condition)."""
     if isinstance(texts, (str, Condition)):

@@ -1,5 +1,9 @@
 """``screen``: stream a file through featurization and a model, keep the best K rows.
 
+Where the ranking model carries a distilled student, the ensemble runs only on the rows
+that could still make the shortlist (:mod:`irscreen.screening.cascade`); the shortlist is
+the one the ensemble on every row gives (``--exact`` checks it).
+
 Element filters apply before inference (filtered rows cost nothing), the running top-K
 keeps memory independent of the input size, and every batch is committed to the resume
 state (:mod:`irscreen.screening.state`), so ``--resume`` after a kill anywhere gives the
@@ -35,7 +39,7 @@ from irscreen.composition import Z_OF
 from irscreen.errors import IrscreenError
 from irscreen.io import AtomicWriter, default_rejects_path, open_table
 from irscreen.pipeline import DEFAULT_BATCH_ROWS, FeaturizedBatch, RejectsLog, Summary, featurize_table
-from irscreen.screening import objectives
+from irscreen.screening import cascade, objectives
 from irscreen.screening.conditions import all_hold, parse_all
 from irscreen.screening.filters import element_filter, system_and_composition
 from irscreen.config import DEFAULT_MODEL, DEFAULT_PRECISION
@@ -75,6 +79,7 @@ class ScreenOptions:
     hull: bool = False  # rank by hull distance to the known phases
     exclude_known: bool = False  # leave known phases out of the shortlist
     plot: bool = False  # gather pool statistics and draw the shortlist's picture
+    exact: bool = False  # no cascade: the ensemble on every row (screening.cascade)
     where: list[str] = field(default_factory=list)  # conditions "MODEL OP VALUE" (screening.conditions)
 
     def validate(self) -> None:
@@ -118,6 +123,7 @@ class ScreenResult:
     formula_column: str = "formula"
     known_left_out: int = 0  # --exclude-known: screened rows that are known phases
     failed_conditions: int = 0  # --where: screened rows that failed a condition
+    exact_rows: int = 0  # rows the ranking ensemble ran on (all screened rows without the cascade)
     others: list = field(default_factory=list)  # the other models' names (their columns' prefixes)
     hull_rows: int = 0  # rows that needed a hull energy
     hull_seconds: float = 0.0  # time spent on them in this process
@@ -187,7 +193,7 @@ def screen_file(input_path, output_path, opts: ScreenOptions, *, model=DEFAULT_M
     state = ScreenState(output_path, identity)
     top = TopK(opts.top, opts.max_per_system, opts.unique)
     counters = {"rows_done": 0, "batches": 0, "rejected": 0, "screened": 0, "filtered": 0, "known_left_out": 0,
-                "failed_conditions": 0, "hull_rows": 0}
+                "failed_conditions": 0, "hull_rows": 0, "exact_rows": 0}
     pool = new_pool(m, opts) if opts.plot else None
     hull_seconds = 0.0
     if resume:
@@ -202,13 +208,12 @@ def screen_file(input_path, output_path, opts: ScreenOptions, *, model=DEFAULT_M
     batches = featurize_table(table, column, m.preset, "fast", batch_rows, jobs, skip_rows=counters["rows_done"],
                               also=models.also_presets)
     for fb in batches:
-        cand, n = _score_batch(fb, models, opts, dev, src.phases, top.cutoff, pool, conditions)
-        top.offer(cand)
+        n = _score_batch(fb, models, opts, dev, src.phases, top, pool, conditions)
         counters["rows_done"] += fb.n_in
         counters["batches"] += 1
         counters["rejected"] += fb.rejects.num_rows
         counters["screened"] += fb.rows.num_rows
-        for k in ("filtered", "known_left_out", "failed_conditions", "hull_rows"):
+        for k in ("filtered", "known_left_out", "failed_conditions", "hull_rows", "exact_rows"):
             counters[k] += n[k]
         hull_seconds += n["hull_seconds"]
         state.save({**counters, **({"pool": pool.to_json()} if pool else {})}, top.table, fb.rejects, _kill=_kill)
@@ -225,6 +230,7 @@ def screen_file(input_path, output_path, opts: ScreenOptions, *, model=DEFAULT_M
                 seconds=time.perf_counter() - t0, output=str(output_path), rejects=str(rejects_path))
     return ScreenResult(s, shortlist, counters["screened"], counters["filtered"], top.cutoff, column,
                         known_left_out=counters["known_left_out"], failed_conditions=counters["failed_conditions"],
+                        exact_rows=counters["exact_rows"],
                         others=[o.name for o in models.others], hull_rows=counters["hull_rows"], phases=src.label,
                         phases_rejects=str(src.rejects_path or ""),
                         phases_rejected=src.rejects.num_rows if src.rejects is not None else 0, plot=plot,
@@ -269,24 +275,78 @@ def write_shortlist(top: TopK, table, models, src: Phases, opts: ScreenOptions, 
     return shortlist, plot
 
 
-def _score_batch(fb: FeaturizedBatch, models, opts: ScreenOptions, dev: str, phases, cutoff: float,
-                 pool: PoolStats | None, conditions=()) -> tuple[pa.Table, dict]:
-    """The batch's rows that can enter the shortlist, with their columns and ``_score``;
-    and how many rows the element filters, --exclude-known and the (bound) ``conditions``
-    left out, and how many got a hull. ``models``: the run's Models (or its one Model)."""
+def _score_batch(fb: FeaturizedBatch, models, opts: ScreenOptions, dev: str, phases, top: TopK,
+                 pool: PoolStats | None, conditions=()) -> dict:
+    """Offer the batch's rows that can enter the shortlist to ``top``, with their columns
+    and ``_score``; returns how many rows the element filters, --exclude-known and the
+    (bound) ``conditions`` left out, how many got a hull, and how many the ensemble ran on.
+    ``models``: the run's Models (or its one Model).
+
+    With the cascade (the ranking model has a student, and neither ``opts.exact`` nor a
+    picture asks for every row's score), rows go to the ensemble a chunk at a time, lowest
+    lower bound first, only while they can still enter (:mod:`irscreen.screening.cascade`)."""
     models = as_models(models)
     keep = element_filter(fb.elements, opts.include_elements, opts.exclude_elements, opts.max_elements)
     n = {"filtered": int((~keep).sum()), "known_left_out": 0, "failed_conditions": 0, "hull_rows": 0,
-         "hull_seconds": 0.0}
+         "hull_seconds": 0.0, "exact_rows": 0}
+    known = known_idx = None
     if phases is not None:
         known, known_idx = known_columns(phases, fb.elements, fb.fractions)
         if opts.exclude_known:  # before inference: a known row costs no model time
             n["known_left_out"] = int((keep & known["known"]).sum())
             keep &= ~known["known"]
     idx = np.flatnonzero(keep)
+
+    def exact(rows: np.ndarray) -> None:
+        n["exact_rows"] += len(rows)
+        cand = _exact_candidates(fb, models, opts, dev, phases, known, known_idx, rows, top.cutoff, pool,
+                                 conditions, n)
+        top.offer(cand)
+
+    if opts.exact or pool is not None or models.main.student is None:
+        exact(idx)
+    else:
+        lower, idx = _lower_bounds(fb, models, opts, idx, conditions, n)
+        cascade.walk(lower, lambda rows: exact(idx[rows]), lambda: top.cutoff)
+    return n
+
+
+def _lower_bounds(fb: FeaturizedBatch, models: Models, opts: ScreenOptions, idx: np.ndarray, conditions,
+                  n: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The students' view of rows ``idx``: each row's lower bound on its ensemble score,
+    and the rows left once those certain to fail a condition are dropped (and counted).
+    Rows with an element their model rarely saw get no student shortcut."""
+    main = models.main
+    guesses = {}
+    for m in models.all:
+        tests = [c for c in conditions if c.column == models.value_column(m)]
+        if m is main or (tests and m.student is not None):
+            X = fb.X_for(m.preset)[idx]
+            guesses[id(m)] = (*m.student.predict(X), m.extrapolation(fb.elements[idx]), tests)
+    mean, sigma, rare, _ = guesses[id(main)]
+    # a hull distance is never below its prediction (the hull energy is <= 0), so the
+    # prediction's lower bound holds for it too
+    lower = opts.score(mean, sigma) - cascade.slack(main.student, opts.precision, opts.kappa)
+    lower[rare] = -np.inf
+    ok = np.ones(len(idx), dtype=bool)
+    for m in models.all:
+        if id(m) not in guesses:
+            continue
+        mean_m, sigma_m, rare_m, tests = guesses[id(m)]
+        d_mean, d_sigma = m.student.bound(opts.precision)
+        for c in tests:
+            ok &= rare_m | ~c.cannot_hold(mean_m, sigma_m, opts.kappa, d_mean, d_sigma)
+    n["failed_conditions"] += int((~ok).sum())
+    return lower[ok], idx[ok]
+
+
+def _exact_candidates(fb: FeaturizedBatch, models: Models, opts: ScreenOptions, dev: str, phases, known, known_idx,
+                      idx: np.ndarray, cutoff: float, pool: PoolStats | None, conditions, n: dict) -> pa.Table:
+    """Rows ``idx`` of the batch through the ensembles: their columns and ``_score``, the
+    rows failing a condition left out (and counted)."""
     cols = model_columns(models.main, fb, idx, opts.precision, dev)
     # --where, model by model, the ranking model first: a row failing a condition costs no
-    # further model time (every row is still tested: the count is exact)
+    # further model time
     for m in models.all:
         tests = [c for c in conditions if c.column == models.value_column(m)]
         if not tests:
@@ -309,9 +369,9 @@ def _score_batch(fb: FeaturizedBatch, models, opts: ScreenOptions, dev: str, pha
         t0 = time.perf_counter()
         cols.update(hull_columns(phases, fb.elements[idx], fb.fractions[idx], cols["prediction"], cols["uncertainty"],
                                  known_idx[idx]))
-        n["hull_seconds"] = time.perf_counter() - t0
+        n["hull_seconds"] += time.perf_counter() - t0
         score = opts.score(cols["hull_distance"].astype(np.float64), sigma)
-        n["hull_rows"] = len(idx)
+        n["hull_rows"] += len(idx)
     if pool:
         pool.add(ranking_value(score, opts.objective), fb.elements[idx], cols.get("known"))
     rest = [m for m in models.others if models.value_column(m) not in cols]  # named by --also only
@@ -332,7 +392,7 @@ def _score_batch(fb: FeaturizedBatch, models, opts: ScreenOptions, dev: str, pha
         systems, comps = system_and_composition(fb.elements[idx], fb.fractions[idx])
         t = t.append_column("_system", pa.array(systems, pa.string()))
         t = t.append_column("_comp", pa.array(comps, pa.string()))
-    return t, n
+    return t
 
 
 def _fallback_schema(table, models: Models, src: Phases, opts: ScreenOptions) -> pa.Schema:
@@ -365,14 +425,14 @@ def screen(source, top: int = 100, *, model=DEFAULT_MODEL, output=None, minimize
            target_value=None, kappa=0.0, include_elements=(), exclude_elements=(), max_elements=None,
            max_per_system=None, unique=False, precision=DEFAULT_PRECISION, device="auto", jobs=1,
            batch_rows=DEFAULT_BATCH_ROWS, formula_column=None, hull=False, phases=None, exclude_known=False,
-           where=(), also=()):
+           where=(), also=(), exact=False):
     """Notebook API mirroring ``irscreen screen``: returns the shortlist as a pandas DataFrame.
 
     ``source``: a Parquet/CSV path, or in-memory formulas (list, pandas/polars DataFrame
     with a formula column, pyarrow Table). ``output``: also write the shortlist there.
     ``hull``: rank by hull distance; ``phases``: a phases file instead of the model's.
     ``where``: conditions such as ``["band-gap >= 1.0"]``; ``also``: models whose
-    predictions are added without a condition."""
+    predictions are added without a condition; ``exact``: no cascade (the same shortlist)."""
     import tempfile
 
     objective = "target" if target_value is not None else ("maximize" if maximize else "minimize")
@@ -380,7 +440,7 @@ def screen(source, top: int = 100, *, model=DEFAULT_MODEL, output=None, minimize
                          include_elements=list(include_elements), exclude_elements=list(exclude_elements),
                          max_elements=max_elements, max_per_system=max_per_system, unique=unique, precision=precision,
                          hull=hull, exclude_known=exclude_known,
-                         where=[where] if isinstance(where, str) else [str(w) for w in where])
+                         where=[where] if isinstance(where, str) else [str(w) for w in where], exact=exact)
     with tempfile.TemporaryDirectory(prefix="irscreen-") as tmp:
         path = source
         if not isinstance(source, (str, Path)):
