@@ -388,7 +388,7 @@ def predict(
     members: bool = typer.Option(False, help="Also write each member's prediction (member_0, ...; NAME_member_0, ... "
                                  "for the other models)."),
     formula_column: Optional[str] = typer.Option(None),
-    precision: str = typer.Option(DEFAULT_PRECISION, help="mixed (bf16 branches, fp32 shortcuts), fp32 or bf16."),
+    precision: str = typer.Option(DEFAULT_PRECISION, help="bf16 (hidden layers in bf16, output fp32), mixed (fp32 stream and shortcuts) or fp32."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     jobs: int = typer.Option(JOBS_DEFAULT, "--jobs", "-j", help="Featurization worker processes."),
     batch_rows: int = typer.Option(DEFAULT_BATCH_ROWS),
@@ -453,7 +453,7 @@ def screen(
     max_per_system: Optional[int] = typer.Option(None, help="At most N rows per chemical system (e.g. Fe-Li-O)."),
     unique: bool = typer.Option(False, help="Keep only the best row per reduced composition."),
     formula_column: Optional[str] = typer.Option(None),
-    precision: str = typer.Option(DEFAULT_PRECISION, help="mixed (bf16 branches, fp32 shortcuts), fp32 or bf16."),
+    precision: str = typer.Option(DEFAULT_PRECISION, help="bf16 (hidden layers in bf16, output fp32), mixed (fp32 stream and shortcuts) or fp32."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     jobs: int = typer.Option(JOBS_DEFAULT, "--jobs", "-j", help="Featurization worker processes."),
     batch_rows: int = typer.Option(DEFAULT_BATCH_ROWS),

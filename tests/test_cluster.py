@@ -136,6 +136,20 @@ def test_several_models_are_the_single_process_run(client, candidates, tiny_mode
     same_files(one, many)
 
 
+def test_the_cascade_on_the_workers_is_the_exact_single_process_run(client, candidates, tiny_model, work):
+    """A bundle with a student: each range runs the cascade on its worker; the merged
+    shortlist is the single-process --exact one."""
+    from test_cascade import with_student
+
+    st = with_student(tiny_model, work / "tiny-student")
+    one, many = work / "one-exact.parquet", work / "many-cascade.parquet"
+    kw = dict(model=st, device="cpu", batch_rows=BATCH)
+    screen_file(candidates["path"], one, ScreenOptions(top=30, exact=True), jobs=1, **kw)
+    res = cluster.screen_file(candidates["path"], many, ScreenOptions(top=30), cluster=client, range_rows=RANGE, **kw)
+    same_files(one, many)
+    assert 0 < res.exact_rows < res.screened
+
+
 def test_featurize_is_the_single_process_featurize(client, candidates, work):
     one, many = work / "one-feat.parquet", work / "many-feat.parquet"
     featurize_file(candidates["path"], one, jobs=1, batch_rows=BATCH)

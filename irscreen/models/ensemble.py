@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from irscreen.config import DEFAULT_PRECISION
 from irscreen.errors import IrscreenError
 from irscreen.models import bundle as _bundle
 from irscreen.models.calibration import calibrated_sigma
@@ -142,7 +143,7 @@ class Model:
                 out[f"member_{k}"] = P[k]
         return out
 
-    def predict(self, formulas, members: bool = False, precision: str = "mixed", device: str = "cpu"):
+    def predict(self, formulas, members: bool = False, precision: str = DEFAULT_PRECISION, device: str = "cpu"):
         """Formulas -> pandas DataFrame (formula, prediction, uncertainty[, member_k]).
 
         Invalid formulas raise :class:`irscreen.composition.FormulaError`; use the CLI
