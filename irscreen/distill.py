@@ -9,10 +9,11 @@
 2. Train the student (an IRNet of a few narrow layers, two outputs) to reproduce them:
    mean squared error, which weighs the large disagreements the bound is made of.
 3. Measure the disagreement on held-out candidates the student never saw (other random
-   candidates and a tenth of the ``--data`` compositions): the bound stored in the
-   manifest is ``margin`` times the largest one, for the mean and for sigma. For the other
-   inference precisions it adds the largest difference between the ensemble at that
-   precision and at the default one (times the margin too), by the triangle inequality.
+   candidates and a tenth of the ``--data`` compositions), by region of the ensemble's
+   mean (:mod:`irscreen.models.student`): per region, the largest over- and underestimate
+   of the mean and of sigma. A bound is ``margin`` times those; for the other inference
+   precisions it adds the largest difference between the ensemble at that precision and
+   at the default one (times the margin too), by the triangle inequality.
 
 How the bound is used and how often it was exceeded on a large held-out pool:
 docs/benchmarks.md ("Cascade"). Training takes a few CPU-minutes; it is not resumable
@@ -42,6 +43,7 @@ class DistillConfig:
     batch_size: int = 1024
     lr: float = 2e-3
     margin: float = 1.5  # bound = margin x the largest disagreement on the held-out pool
+    bins: int = 64  # regions of the ensemble mean the disagreement is measured in (equal counts)
     allowance_rows: int = 20_000  # rows on which the other precisions are compared
     seed: int = 0
 
@@ -140,6 +142,20 @@ def _train(X: np.ndarray, targets: np.ndarray, cfg: DistillConfig, scaler, on_ep
     return net.eval()
 
 
+def _binned_maxima(mean: np.ndarray, d_mean: np.ndarray, d_sigma: np.ndarray, bins: int) -> dict:
+    """Bins of equal count over the ensemble mean (inner edges), and per bin the largest
+    over- (student - ensemble > 0) and underestimate of the mean and of sigma, >= 0."""
+    bins = max(1, min(bins, len(mean) // 50))  # at least 50 rows per bin
+    inner = np.unique(np.quantile(mean, np.arange(1, bins) / bins))
+    k = np.searchsorted(inner, mean, side="right")
+    out = {"edges": inner.tolist(), "rows_per_bin": np.bincount(k, minlength=len(inner) + 1).tolist()}
+    for name, d in (("mean_over", d_mean), ("mean_under", -d_mean), ("sigma_over", d_sigma), ("sigma_under", -d_sigma)):
+        worst = np.zeros(len(inner) + 1)
+        np.maximum.at(worst, k, np.maximum(d, 0.0))
+        out[name] = worst.tolist()
+    return out
+
+
 def _stats(d: np.ndarray) -> dict:
     return {"median": float(np.median(d)), "p99": float(np.quantile(d, 0.99)),
             "p99.9": float(np.quantile(d, 0.999)), "max": float(d.max())}
@@ -196,32 +212,28 @@ def distill(model, data=(), cfg: DistillConfig | None = None, *, command: str = 
     net = _train(X_train, targets, cfg, m.scaler, on_epoch)
 
     info = {"architecture": cfg.arch, "config": asdict(cfg)}
-    student = Student(net, m.scaler, info, m.output_min)
     mean_p, sigma_p = _label(m, X_pool, DEFAULT_PRECISION)
+    info["bound"] = {"margin": cfg.margin, "allowance": {}}
+    student = Student(net, m.scaler, info, m.output_min)
     s_mean, s_sigma = student.predict(X_pool)
-    d_mean, d_sigma = np.abs(s_mean - mean_p), np.abs(s_sigma - sigma_p)
-    bound = {"mean": {}, "sigma": {}}
-    allowance = {}
+    info["bound"].update(_binned_maxima(mean_p, s_mean - mean_p, s_sigma - sigma_p, cfg.bins))
     sub = X_pool[: cfg.allowance_rows]
     for p in PRECISIONS:
-        if p == DEFAULT_PRECISION:
-            am, asg = 0.0, 0.0
-        else:
+        am = asg = 0.0
+        if p != DEFAULT_PRECISION:
             mp, sp = _label(m, sub, p)
             am, asg = float(np.abs(mp - mean_p[: len(sub)]).max()), float(np.abs(sp - sigma_p[: len(sub)]).max())
-        allowance[p] = {"mean": am, "sigma": asg}
-        bound["mean"][p] = cfg.margin * (float(d_mean.max()) + am)
-        bound["sigma"][p] = cfg.margin * (float(d_sigma.max()) + asg)
+        info["bound"]["allowance"][p] = {"mean": am, "sigma": asg}
+    d_mean, d_sigma = np.abs(s_mean - mean_p), np.abs(s_sigma - sigma_p)
     from irscreen.models.irnet import FoldedEnsemble, fold
 
     info.update({
-        "bound": bound,
         "units": m.units,
-        "how": f"{cfg.margin} x (the largest |student - ensemble| on {len(X_pool):,} held-out rows + for other "
-               f"precisions the largest |ensemble(precision) - ensemble({DEFAULT_PRECISION})| on "
-               f"{len(sub):,} of them)",
+        "how": f"{cfg.margin} x the largest over- and underestimate of the ensemble's mean and sigma on "
+               f"{len(X_pool):,} held-out rows, per bin of the ensemble mean ({cfg.bins} bins of equal count), "
+               f"+ for other precisions the largest |ensemble(precision) - ensemble({DEFAULT_PRECISION})| on "
+               f"{len(sub):,} of them",
         "disagreement": {"mean": _stats(d_mean), "sigma": _stats(d_sigma), "rows": int(len(X_pool))},
-        "precision_allowance": allowance,
         "labels_precision": DEFAULT_PRECISION,
         "trained_on": {"random_candidates": int(len(X_rand)), "data_rows": int((~held).sum()),
                        "data_files": [Path(p).name for p in data], "data_rows_rejected": int(data_rejected),

@@ -97,9 +97,11 @@ def test_distill_writes_a_student_with_its_bound(tiny_st):
     st = m.manifest["student"]
     assert m.student is not None and st["architecture"].endswith("-2")
     for p in ("fp32", "mixed", "bf16"):
-        d_mean, d_sigma = m.student.bound(p)
-        assert d_mean >= QUICK.margin * st["disagreement"]["mean"]["max"] > 0
-        assert d_sigma >= QUICK.margin * st["disagreement"]["sigma"]["max"]
+        b = m.student.bound(p)
+        assert max(b["mean_over"], b["mean_under"]) >= QUICK.margin * st["disagreement"]["mean"]["max"] > 0
+        assert max(b["sigma_over"], b["sigma_under"]) >= QUICK.margin * st["disagreement"]["sigma"]["max"]
+        low = m.student.bound(p, hi=st["bound"]["edges"][0])  # the lowest region alone: never wider
+        assert all(low[k] <= b[k] for k in b)
     assert st["flops_per_row"] < st["ensemble_flops_per_row"]
     assert "Cascade student" in (tiny_st / "README.md").read_text()
     # the bound holds on the rows it was measured on, by construction; and on others of the kind
@@ -108,7 +110,8 @@ def test_distill_writes_a_student_with_its_bound(tiny_st):
     X = featurize(random_formulas(500, seed=99)).to_numpy(np.float32)
     out = m.outputs(m.predict_members(X, "bf16"))
     mean, sigma = m.student.predict(X)
-    assert np.abs(mean - out["prediction"]).max() <= m.student.bound("bf16")[0]
+    b = m.student.bound("bf16")
+    assert (mean - out["prediction"]).max() <= b["mean_over"] and (out["prediction"] - mean).max() <= b["mean_under"]
 
 
 def test_a_tampered_student_is_refused(tiny_st, work):
@@ -178,24 +181,43 @@ def test_cli_exact_flag_and_summary(capsys, crowded, tiny_st, work):
 # --------------------------------------------------------------------------- the rules
 
 
-def test_walk_stops_where_the_lower_bound_passes_the_cutoff():
-    lower = np.array([5.0, 0.0, 3.0, 1.0, 9.0, 2.0])
+def test_walk_stops_where_the_next_row_is_out_of_reach():
+    guess = np.array([5.0, 0.0, 3.0, 1.0, 9.0, 2.0])
     seen, cut = [], {"v": 2.5}
 
     def evaluate(rows):
         seen.append(rows.tolist())
         cut["v"] = 1.5  # the exact scores of the first chunk tighten the cutoff
 
-    n = walk(lower, evaluate, lambda: cut["v"], chunk=2)
-    assert seen == [[1, 3]] and n == 2  # rows 1, 3 (lower 0, 1); then row 5 (lower 2) > 1.5
+    # the slack shrinks with the cutoff, as a region bound does: 0.4 at 2.5, 0.2 at 1.5
+    n = walk(guess, lambda c: 0.2 * (c - 0.5), evaluate, lambda: cut["v"], chunk=2)
+    assert seen == [[1, 3]] and n == 2  # rows 1, 3 (0 and 1 <= 2.5 + 0.4); then row 5: 2 > 1.5 + 0.2
 
 
-def test_a_condition_is_dropped_only_when_no_ensemble_value_in_the_bound_meets_it():
+def test_a_condition_is_dropped_only_when_no_value_within_the_slack_meets_it():
     c = Condition.parse("m >= 1.0")
     mean, sigma = np.array([0.5, 0.85, 0.95, 1.2]), np.full(4, 0.1)
-    # d_mean 0.1: a guess of 0.85 may be 0.95 (fails), 0.95 may be 1.05 (holds)
-    assert c.cannot_hold(mean, sigma, 0.0, 0.1, 0.0).tolist() == [True, True, False, False]
-    # kappa 1, d_sigma 0.05: the tested value mean - sigma can reach guess - 0.1 + 0.1 + 0.05
-    assert c.cannot_hold(mean, sigma, 1.0, 0.1, 0.05).tolist() == [True, True, False, False]
-    assert Condition.parse("m < 0").cannot_hold(np.array([0.1, 0.2]), np.zeros(2), 0.0, 0.15, 0.0).tolist() == \
+    # slack 0.1: a guess of 0.85 may be 0.95 (fails), 0.95 may be 1.05 (holds)
+    assert c.cannot_hold(mean, sigma, 0.0, 0.1).tolist() == [True, True, False, False]
+    # kappa 1 tests mean - sigma: 0.95 - 0.1 + 0.15 = 1.0 may hold, 0.85 cannot
+    assert c.cannot_hold(mean, sigma, 1.0, 0.15).tolist() == [True, True, False, False]
+    assert Condition.parse("m < 0").cannot_hold(np.array([0.1, 0.2]), np.zeros(2), 0.0, 0.15).tolist() == \
         [False, True]
+
+
+def test_the_slack_uses_the_region_and_the_side_that_matters():
+    from irscreen.screening.cascade import condition_slack, score_slack
+
+    class Fake:  # a student whose over-estimates are 0.1 below a mean of 0 and 0.5 above, under-estimates 0.3
+        def bound(self, precision, lo=-np.inf, hi=np.inf):
+            return {"mean_over": 0.5 if hi > 0 else 0.1, "mean_under": 0.3, "sigma_over": 0.05, "sigma_under": 0.2}
+
+    st = Fake()
+    assert score_slack(st, "minimize", 0.0, None, "bf16", -1.0) == 0.1  # only rows with mean <= -1 matter
+    assert score_slack(st, "minimize", 0.0, None, "bf16", np.inf) == 0.5  # the top-K is not full yet
+    assert score_slack(st, "minimize", 2.0, None, "bf16", -1.0) == pytest.approx(0.1 + 2 * 0.05)
+    assert score_slack(st, "minimize", -2.0, None, "bf16", -1.0) == pytest.approx(0.5 + 2 * 0.2)  # no region
+    assert score_slack(st, "maximize", 0.0, None, "bf16", -1.0) == 0.3
+    assert score_slack(st, "target", 0.0, 0.0, "bf16", 0.5) == 0.5
+    assert condition_slack(st, Condition.parse("m >= 1"), 0.0, "bf16") == 0.3
+    assert condition_slack(st, Condition.parse("m <= -1"), 0.0, "bf16") == 0.1

@@ -115,22 +115,28 @@ def card_text(m: dict, notes: str = "") -> str:
 
 def _student_text(st: dict, units: str) -> str:
     d, b = st["disagreement"], st["bound"]
-    default = st.get("labels_precision", "bf16")
+    m = b["margin"]
+    lo, hi = b["edges"][0], b["edges"][-1]
     return "\n".join([
         "## Cascade student (`screen`)",
         "",
         f"`student.safetensors` is a small network (`{st['architecture']}`, {st['flops_per_row'] / 1e6:.2f} MFLOP per "
         f"row against the ensemble's {st['ensemble_flops_per_row'] / 1e6:.0f}) distilled from this ensemble. `screen` "
-        "runs it on every row and the ensemble only on rows that, within the bound below, could still enter the "
+        "runs it on every row and the ensemble only on rows that, within the bounds below, could still enter the "
         "shortlist or meet a condition, so the shortlist is the one the ensemble on every row gives (`--exact` "
         "checks it).",
         "",
-        f"| on {d['rows']:,} held-out rows | median | 99th percentile | 99.9th percentile | largest | bound ({default}) |",
-        "|---|---|---|---|---|---|",
-        *(f"| abs(student - ensemble) {k} ({units}) | {d[k]['median']:.4f} | {d[k]['p99']:.4f} | {d[k]['p99.9']:.4f} | "
-          f"{d[k]['max']:.4f} | {b[k][default]:.4f} |" for k in ("mean", "sigma")),
+        f"| abs(student - ensemble) on {d['rows']:,} held-out rows ({units}) | median | 99th percentile | "
+        "99.9th percentile | largest |",
+        "|---|---|---|---|---|",
+        *(f"| {k} | {d[k]['median']:.4f} | {d[k]['p99']:.4f} | {d[k]['p99.9']:.4f} | {d[k]['max']:.4f} |"
+          for k in ("mean", "sigma")),
         "",
-        f"Bound: {st['how']}." + (f" Reproduce: `{st['command']}`." if st.get("command") else ""),
+        f"Bounds on the mean, margin included ({m}x, {st['labels_precision']}): the student overestimates it by at "
+        f"most {m * b['mean_over'][0]:.4f} where the ensemble mean is below {lo:.3g} (the lowest of "
+        f"{len(b['mean_over'])} regions), {m * max(b['mean_over']):.4f} anywhere; underestimates it by at most "
+        f"{m * b['mean_under'][-1]:.4f} above {hi:.3g}, {m * max(b['mean_under']):.4f} anywhere. "
+        f"How: {st['how']}." + (f" Reproduce: `{st['command']}`." if st.get("command") else ""),
     ])
 
 

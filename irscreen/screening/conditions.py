@@ -89,19 +89,17 @@ class Condition:
         return bound < self.value if self.op == "<" else bound <= self.value
 
 
-    def cannot_hold(self, mean: np.ndarray, sigma: np.ndarray, kappa: float, d_mean: float,
-                    d_sigma: float) -> np.ndarray:
-        """Per row: does the condition fail for every (mean, sigma) within (``d_mean``,
-        ``d_sigma``) of the given ones? The cascade's test on a student's guess
+    def cannot_hold(self, mean: np.ndarray, sigma: np.ndarray, kappa: float, slack: float) -> np.ndarray:
+        """Per row: does the condition fail even if the tested value (mean -/+ kappa sigma)
+        is ``slack`` further on the passing side? The cascade's test on a student's guess
         (:mod:`irscreen.screening.cascade`): such a row needs no ensemble."""
         mean = np.asarray(mean, dtype=np.float64)
         sigma = np.asarray(sigma, dtype=np.float64)
-        # the widest the tested value can move, plus float32 rounding of the shown values
-        slack = d_mean + abs(kappa) * d_sigma + 1e-6 * (1.0 + abs(self.value))
+        slack = slack + 1e-6 * (1.0 + abs(self.value))  # and float32 rounding of the shown values
         if self.op in (">", ">="):
-            best = mean - kappa * sigma + slack  # the highest the lower bound can be
+            best = mean - kappa * sigma + slack  # the highest the tested value can be
             return best <= self.value if self.op == ">" else best < self.value
-        best = mean + kappa * sigma - slack  # the lowest the upper bound can be
+        best = mean + kappa * sigma - slack  # the lowest it can be
         return best >= self.value if self.op == "<" else best > self.value
 
 

@@ -306,38 +306,35 @@ def _score_batch(fb: FeaturizedBatch, models, opts: ScreenOptions, dev: str, pha
     if opts.exact or pool is not None or models.main.student is None:
         exact(idx)
     else:
-        lower, idx = _lower_bounds(fb, models, opts, idx, conditions, n)
-        cascade.walk(lower, lambda rows: exact(idx[rows]), lambda: top.cutoff)
+        guess, idx = _student_scores(fb, models, opts, idx, conditions, n)
+        st = models.main.student
+        cascade.walk(guess, lambda c: cascade.score_slack(st, opts.objective, opts.kappa, opts.target_value,
+                                                          opts.precision, c),
+                     lambda rows: exact(idx[rows]), lambda: top.cutoff)
     return n
 
 
-def _lower_bounds(fb: FeaturizedBatch, models: Models, opts: ScreenOptions, idx: np.ndarray, conditions,
-                  n: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The students' view of rows ``idx``: each row's lower bound on its ensemble score,
-    and the rows left once those certain to fail a condition are dropped (and counted).
-    Rows with an element their model rarely saw get no student shortcut."""
+def _student_scores(fb: FeaturizedBatch, models: Models, opts: ScreenOptions, idx: np.ndarray, conditions,
+                    n: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The students' view of rows ``idx``: each row's score by the ranking model's student
+    (-inf for a row with an element that model rarely saw: the ensemble decides it), and
+    the rows left once those certain to fail a condition are dropped (and counted)."""
     main = models.main
-    guesses = {}
-    for m in models.all:
-        tests = [c for c in conditions if c.column == models.value_column(m)]
-        if m is main or (tests and m.student is not None):
-            X = fb.X_for(m.preset)[idx]
-            guesses[id(m)] = (*m.student.predict(X), m.extrapolation(fb.elements[idx]), tests)
-    mean, sigma, rare, _ = guesses[id(main)]
-    # a hull distance is never below its prediction (the hull energy is <= 0), so the
-    # prediction's lower bound holds for it too
-    lower = opts.score(mean, sigma) - cascade.slack(main.student, opts.precision, opts.kappa)
-    lower[rare] = -np.inf
+    mean, sigma = main.student.predict(fb.X_for(main.preset)[idx])
+    guess = opts.score(mean, sigma)
+    guess[main.extrapolation(fb.elements[idx])] = -np.inf
     ok = np.ones(len(idx), dtype=bool)
     for m in models.all:
-        if id(m) not in guesses:
+        tests = [c for c in conditions if c.column == models.value_column(m)]
+        if not tests or m.student is None:
             continue
-        mean_m, sigma_m, rare_m, tests = guesses[id(m)]
-        d_mean, d_sigma = m.student.bound(opts.precision)
+        mean_m, sigma_m = (mean, sigma) if m is main else m.student.predict(fb.X_for(m.preset)[idx])
+        sure = ~m.extrapolation(fb.elements[idx])
         for c in tests:
-            ok &= rare_m | ~c.cannot_hold(mean_m, sigma_m, opts.kappa, d_mean, d_sigma)
+            slack = cascade.condition_slack(m.student, c, opts.kappa, opts.precision)
+            ok &= ~(sure & c.cannot_hold(mean_m, sigma_m, opts.kappa, slack))
     n["failed_conditions"] += int((~ok).sum())
-    return lower[ok], idx[ok]
+    return guess[ok], idx[ok]
 
 
 def _exact_candidates(fb: FeaturizedBatch, models: Models, opts: ScreenOptions, dev: str, phases, known, known_idx,
