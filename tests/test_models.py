@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 import irscreen
 from irscreen.errors import IrscreenError, IrscreenWarning
-from irscreen.models.bundle import shipped_names, shipped_root
+from irscreen.models.bundle import shipped_in_training, shipped_names, shipped_root
 from irscreen.models.ensemble import load_model
 from irscreen.models.irnet import PRESETS, FoldedEnsemble, Net, fold, n_parameters, parse_arch
 
@@ -560,3 +560,17 @@ def test_a_shipped_bundle_still_in_training_is_listed_but_not_used(tiny_bundle, 
     assert load_model("ready").n_members == 2
     msg = refused("half-done", "still in training", "2 of 3", "--resume")
     assert "\n" not in msg
+
+
+@pytest.mark.parametrize("name", [n for n in shipped_names() if n not in shipped_in_training()])
+def test_every_shipped_bundle_reproduces_its_validation_mae(name, shared_data):
+    """`irscreen evaluate` on the bundle's own validation split gives the manifest's numbers."""
+    from irscreen.evaluate import evaluate_file
+    from irscreen.recipes import get_recipe
+
+    m = json.loads((shipped_root() / name / "manifest.json").read_text())
+    res = evaluate_file(shared_data(get_recipe(name).data_file), name, "target", split="val", jobs=2)
+    val = m["metrics"]["validation"]
+    assert res["n"] == val["n"]
+    assert res["mae"] == pytest.approx(val["mae"], rel=1e-6)
+    assert [x["mae"] for x in res["members"]] == pytest.approx([x["mae"] for x in val["members"]], rel=1e-6)
