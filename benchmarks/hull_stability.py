@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from irscreen.config import DEFAULT_PRECISION
+
 
 def classify(true_pos: np.ndarray, flagged: np.ndarray) -> dict:
     tp = int((true_pos & flagged).sum())
@@ -33,7 +35,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="formation-enthalpy")
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared/data/oqmd_dhf.parquet"))
-    ap.add_argument("--precision", default="mixed", help="inference precision (the default of predict/screen)")
+    ap.add_argument("--precision", default=DEFAULT_PRECISION, help="inference precision (the default of predict/screen)")
     a = ap.parse_args()
 
     from irscreen import load_model

@@ -43,6 +43,14 @@ def naive(model, formulas: list[str], jobs: int) -> dict:
 
     t = time.perf_counter()
     X = featurize_matminer(formulas, n_jobs=jobs)
+    if model.preset == "magpie-fractions":  # + matminer's ElementFraction, H..Pu (the preset's 94 columns)
+        from matminer.featurizers.composition import ElementFraction
+        from pymatgen.core import Composition
+
+        ef = ElementFraction()
+        ef.set_n_jobs(jobs)
+        frac = np.asarray(ef.featurize_many([Composition(f) for f in formulas], pbar=False), dtype=np.float64)
+        X = np.hstack([X, frac[:, :94]])
     t_feat = time.perf_counter() - t
     Z = torch.from_numpy(model.scaler.transform(X))
     t = time.perf_counter()

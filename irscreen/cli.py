@@ -313,12 +313,12 @@ def distill(
 
     with prog:
         st = run_distill(model, data, cfg, command=command, output=output, jobs=jobs, console=err, on_epoch=on_epoch)
-    d, units = st["disagreement"], st.get("units", "")
-    default = st["labels_precision"]
+    d, units, b = st["disagreement"], st.get("units", ""), st["bound"]
     err.print(f"student {st['architecture']}: {st['flops_per_row'] / 1e6:.2f} MFLOP per row (ensemble "
               f"{st['ensemble_flops_per_row'] / 1e6:.0f}); on {d['rows']:,} held-out rows |student - ensemble| "
-              f"median {d['mean']['median']:.4f}, largest {d['mean']['max']:.4f} {units}; bound "
-              f"{st['bound']['mean'][default]:.4f} (mean), {st['bound']['sigma'][default]:.4f} (sigma); "
+              f"median {d['mean']['median']:.4f}, largest {d['mean']['max']:.4f} {units}; largest overestimate "
+              f"where the ensemble mean is lowest {b['mean_over'][0]:.4f}, underestimate where highest "
+              f"{b['mean_under'][-1]:.4f} (bounds: {b['margin']}x these, by region); "
               f"{st['seconds']:.0f} s")
 
 
