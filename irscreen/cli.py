@@ -289,8 +289,10 @@ def distill(
     rows: int = typer.Option(300_000, help="Random candidates the student learns from."),
     pool_rows: int = typer.Option(200_000, help="Held-out random candidates the disagreement bound is measured on."),
     epochs: int = typer.Option(40, help="Training epochs of the student."),
-    margin: float = typer.Option(1.5, help="The bound is MARGIN x the largest disagreement seen on the held-out rows."),
+    margin: float = typer.Option(2.0, help="The bound is MARGIN x the largest disagreement seen on the held-out rows."),
     seed: int = typer.Option(0, help="Seed of the candidates and of training."),
+    remeasure: bool = typer.Option(False, "--remeasure", help="Keep MODEL's student and measure its bounds again "
+                                   "(another --margin or --pool-rows) without training it again."),
     jobs: int = typer.Option(JOBS_DEFAULT, "--jobs", "-j", help="Featurization worker processes for --data files."),
 ) -> None:
     """Distill MODEL's ensemble into the small student `screen` runs first (its cascade)."""
@@ -312,7 +314,8 @@ def distill(
         prog.update(task, completed=epoch, info=f"loss {loss:.3g}  {seconds:.1f} s/epoch")
 
     with prog:
-        st = run_distill(model, data, cfg, command=command, output=output, jobs=jobs, console=err, on_epoch=on_epoch)
+        st = run_distill(model, data, cfg, command=command, output=output, jobs=jobs, remeasure=remeasure, console=err,
+                         on_epoch=on_epoch)
     d, units, b = st["disagreement"], st.get("units", ""), st["bound"]
     err.print(f"student {st['architecture']}: {st['flops_per_row'] / 1e6:.2f} MFLOP per row (ensemble "
               f"{st['ensemble_flops_per_row'] / 1e6:.0f}); on {d['rows']:,} held-out rows |student - ensemble| "

@@ -39,7 +39,7 @@ from test_screen import (  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-QUICK = DistillConfig(arch="32BARx1-16BARx1-2", train_rows=3000, pool_rows=2000, epochs=6, batch_size=256, allowance_rows=500)
+QUICK = DistillConfig(arch="32BARx1-16BARx1-2", margin=1.5, train_rows=3000, pool_rows=2000, epochs=6, batch_size=256, allowance_rows=500)
 
 
 def with_student(bundle: Path, dest: Path) -> Path:
@@ -221,3 +221,13 @@ def test_the_slack_uses_the_region_and_the_side_that_matters():
     assert score_slack(st, "target", 0.0, 0.0, "bf16", 0.5) == 0.5
     assert condition_slack(st, Condition.parse("m >= 1"), 0.0, "bf16") == 0.3
     assert condition_slack(st, Condition.parse("m <= -1"), 0.0, "bf16") == 0.1
+
+
+def test_remeasure_keeps_the_student_and_applies_the_new_margin(tiny_st, work):
+    again = work / "tiny-remeasured"
+    before = json.loads((tiny_st / "manifest.json").read_text())["student"]
+    distill(tiny_st, cfg=DistillConfig(**{**QUICK.__dict__, "margin": 3.0}), output=again, remeasure=True)
+    after = json.loads((again / "manifest.json").read_text())["student"]
+    assert after["sha256"] == before["sha256"]  # the same weights
+    assert after["bound"]["margin"] == 3.0 and after["architecture"] == before["architecture"]
+    assert load_model(again).student.bound("bf16")["mean_over"] > load_model(tiny_st).student.bound("bf16")["mean_over"]

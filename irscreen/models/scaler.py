@@ -32,8 +32,15 @@ class Scaler:
         """Standardize. Rows reach here fully finite (the pipeline rejects a row with a
         non-finite feature, naming it), except in columns a preset declares may be
         missing: those become the training mean (0 after scaling)."""
-        Z = (np.asarray(X, dtype=np.float32) - self.x_mean.astype(np.float32)) / self.x_std.astype(np.float32)
-        return np.nan_to_num(Z, nan=0.0, posinf=0.0, neginf=0.0)
+        # torch, not numpy: the same float32 operations (bit-identical results) on both cores,
+        # without numpy's temporaries; a screen standardizes every row (measured 3-4x faster)
+        import torch
+
+        Z = torch.from_numpy(np.asarray(X, dtype=np.float32))
+        out = torch.empty(Z.shape, dtype=torch.float32)  # row-major, whatever X's layout
+        torch.sub(Z, torch.from_numpy(self.x_mean.astype(np.float32)), out=out)
+        out.div_(torch.from_numpy(self.x_std.astype(np.float32)))
+        return torch.nan_to_num_(out, 0.0, 0.0, 0.0).numpy()
 
     def transform_y(self, y: np.ndarray) -> np.ndarray:
         return ((np.asarray(y, dtype=np.float64) - self.y_mean) / self.y_std).astype(np.float32)

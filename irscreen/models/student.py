@@ -31,7 +31,8 @@ class Student:
         self.info = info
         self.scaler = scaler
         self.output_min = output_min
-        self.engine = FoldedEnsemble([fold(net)], precision="fp32")
+        # the precision its bounds were measured in (students before it was recorded: fp32)
+        self.engine = FoldedEnsemble([fold(net)], precision=info.get("precision", "fp32"))
 
     @property
     def architecture(self) -> str:

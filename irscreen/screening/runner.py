@@ -320,7 +320,12 @@ def _student_scores(fb: FeaturizedBatch, models: Models, opts: ScreenOptions, id
     (-inf for a row with an element that model rarely saw: the ensemble decides it), and
     the rows left once those certain to fail a condition are dropped (and counted)."""
     main = models.main
-    mean, sigma = main.student.predict(fb.X_for(main.preset)[idx])
+
+    def rows(m):  # every row: the batch's own (feature-major) view, no gather
+        X = fb.X_for(m.preset)
+        return X if len(idx) == len(X) else X[idx]
+
+    mean, sigma = main.student.predict(rows(main))
     guess = opts.score(mean, sigma)
     guess[main.extrapolation(fb.elements[idx])] = -np.inf
     ok = np.ones(len(idx), dtype=bool)
@@ -328,7 +333,7 @@ def _student_scores(fb: FeaturizedBatch, models: Models, opts: ScreenOptions, id
         tests = [c for c in conditions if c.column == models.value_column(m)]
         if not tests or m.student is None:
             continue
-        mean_m, sigma_m = (mean, sigma) if m is main else m.student.predict(fb.X_for(m.preset)[idx])
+        mean_m, sigma_m = (mean, sigma) if m is main else m.student.predict(rows(m))
         sure = ~m.extrapolation(fb.elements[idx])
         for c in tests:
             slack = cascade.condition_slack(m.student, c, opts.kappa, opts.precision)
