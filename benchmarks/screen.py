@@ -78,7 +78,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--also", type=int, nargs="*", default=[], help="more sizes (default screen only: memory flatness)")
     ap.add_argument("--naive-rows", type=int, default=10_000, help="0: skip the naive pipeline")
-    ap.add_argument("--window-model", default="band-gap", help="the --where model of the window screen ('' to skip)")
+    ap.add_argument("--window-model", default="band-gap",
+                    help="the --where model of the window screen: a shipped name or a bundle directory ('' to skip)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workdir", default=None)
@@ -92,7 +93,7 @@ def main() -> None:
     model = load_model("formation-enthalpy")
     report = {"model": model.name, "student": bool(model.student), "sizes": []}
     window = []
-    if a.window_model and a.window_model in shipped_names():
+    if a.window_model and (a.window_model in shipped_names() or Path(a.window_model).is_dir()):
         window = ["--where", f"{a.window_model} >= 1.0", "--where", f"{a.window_model} <= 1.8"]
     for n in [a.rows] + a.also:
         src = work / f"candidates-{n}.parquet"

@@ -73,8 +73,10 @@ def card_text(m: dict, notes: str = "") -> str:
         cv, fit, raw = cal["validation_cross_fitted"], cal["validation_fitted"], cal["raw_spread"]
         lines += [
             f"`uncertainty` is a calibrated standard deviation of the error: sigma = sqrt(({cal['scale']:.3f} x "
-            f"ensemble std)^2 + {cal['floor']:.4f}^2), fitted on the validation split so that 1 and 2 sigma cover "
-            "68% and 95% of the errors.",
+            f"ensemble std)^2 + {cal['floor']:.4f}^2), fitted on the validation split: 1 sigma covers 68% of the "
+            "errors by construction, and the floor brings 2 sigma as close to 95% as this form allows. Materials "
+            "errors are heavy-tailed (DFT outliers, polymorphs sharing a formula), so 2 sigma falls short of 95% "
+            "(docs/models.md, \"Uncertainty\").",
             "",
             "| on the validation split | within 1 sigma | within 2 sigma | Spearman(sigma, abs error) |",
             "|---|---|---|---|",
