@@ -284,7 +284,7 @@ def _score_batch(fb: FeaturizedBatch, models, opts: ScreenOptions, dev: str, pha
 
     With the cascade (the ranking model has a student, and neither ``opts.exact`` nor a
     picture asks for every row's score), rows go to the ensemble a chunk at a time, lowest
-    lower bound first, only while they can still enter (:mod:`irscreen.screening.cascade`)."""
+    student score first, only while they can still enter (:mod:`irscreen.screening.cascade`)."""
     models = as_models(models)
     keep = element_filter(fb.elements, opts.include_elements, opts.exclude_elements, opts.max_elements)
     n = {"filtered": int((~keep).sum()), "known_left_out": 0, "failed_conditions": 0, "hull_rows": 0,
