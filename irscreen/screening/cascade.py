@@ -9,7 +9,7 @@ at most ``|kappa|`` when sigma does, so::
 
     ensemble score >= student score - (d_mean + |kappa| * d_sigma)   (the row's lower bound)
 
-How much worse than its ensemble score a row's student score may be (the slack) comes from
+How far above its ensemble score a row's student score may lie (the slack) comes from
 the student's bounds (:meth:`Student.bound`): its largest over- and underestimates of the
 mean and of sigma, measured by region of the ensemble mean. For kappa >= 0 only rows
 whose ensemble mean lies in a known region can score at or below a cutoff c (minimize:
@@ -40,12 +40,10 @@ import numpy as np
 CHUNK_ROWS = 2048
 
 
-def _kappa_term(b: dict, kappa: float, over: bool) -> float:
-    """kappa x the sigma bound on the side that raises the score: kappa > 0 punishes an
-    overestimated sigma, kappa < 0 an underestimated one."""
-    if kappa >= 0:
-        return kappa * (b["sigma_over"] if over else b["sigma_under"])
-    return -kappa * (b["sigma_under"] if over else b["sigma_over"])
+def _kappa_term(b: dict, kappa: float) -> float:
+    """kappa x the sigma bound on the side that raises the student's score above the
+    ensemble's: kappa > 0 is hurt by an overestimated sigma, kappa < 0 by an underestimated one."""
+    return kappa * b["sigma_over"] if kappa >= 0 else -kappa * b["sigma_under"]
 
 
 def score_slack(student, objective: str, kappa: float, value, precision: str, cutoff: float) -> float:
@@ -61,11 +59,11 @@ def score_slack(student, objective: str, kappa: float, value, precision: str, cu
             lo, hi = value - cutoff, value + cutoff
     b = student.bound(precision, lo, hi)
     if objective == "minimize":  # score = mean + kappa sigma
-        return b["mean_over"] + _kappa_term(b, kappa, over=True)
+        return b["mean_over"] + _kappa_term(b, kappa)
     if objective == "maximize":  # score = -mean + kappa sigma
-        return b["mean_under"] + _kappa_term(b, kappa, over=True)
+        return b["mean_under"] + _kappa_term(b, kappa)
     # target: | |s - V| - |e - V| | <= |s - e|
-    return max(b["mean_over"], b["mean_under"]) + _kappa_term(b, kappa, over=True)
+    return max(b["mean_over"], b["mean_under"]) + _kappa_term(b, kappa)
 
 
 def condition_slack(student, cond, kappa: float, precision: str) -> float:
@@ -73,9 +71,9 @@ def condition_slack(student, cond, kappa: float, precision: str) -> float:
     on the passing side of its student's guess."""
     if cond.op in (">", ">="):  # tested: mean - kappa sigma; a passing row has mean >= value (kappa >= 0)
         b = student.bound(precision, lo=cond.value if kappa >= 0 else -np.inf)
-        return b["mean_under"] + _kappa_term(b, kappa, over=True)
+        return b["mean_under"] + _kappa_term(b, kappa)
     b = student.bound(precision, hi=cond.value if kappa >= 0 else np.inf)  # mean + kappa sigma; mean <= value
-    return b["mean_over"] + _kappa_term(b, kappa, over=True)
+    return b["mean_over"] + _kappa_term(b, kappa)
 
 
 def walk(guess: np.ndarray, slack: Callable[[float], float], evaluate: Callable[[np.ndarray], None],
